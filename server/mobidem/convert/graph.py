@@ -1,0 +1,127 @@
+"""Small ONNX graph compositions used by the model build: uint8 inputs, renames, the multi-task graph.
+
+The converters (dlib_resnet, tflite, keras_h5) reproduce their source models faithfully, with the
+source's own float input conventions, so that parity tests compare like with like. The served
+models put the pixel normalisation inside the graph instead: clients send uint8 tensors (a quarter
+of the bytes of float32) and cannot get the normalisation wrong.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, compose, helper, numpy_helper
+
+OPSET = 17
+IR_VERSION = 8
+
+
+def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="mobidem")
+    model.ir_version = IR_VERSION
+    return model
+
+
+def _const(name: str, value) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
+
+
+def uint8_input(model: onnx.ModelProto, name: str, shape: list, scale: float, offset: float) -> onnx.ModelProto:
+    """Replace the model's single float input by a uint8 input ``name``: x_float = x * scale + offset."""
+    (target,) = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    pre = helper.make_graph(
+        [
+            helper.make_node("Cast", [name], ["_u8_as_float"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["_u8_as_float", "_u8_scale"], ["_u8_scaled"]),
+            helper.make_node("Add", ["_u8_scaled", "_u8_offset"], ["_u8_normalised"]),
+        ],
+        "uint8_input",
+        [helper.make_tensor_value_info(name, TensorProto.UINT8, ["N", *shape])],
+        [helper.make_tensor_value_info("_u8_normalised", TensorProto.FLOAT, ["N", *shape])],
+        initializer=[_const("_u8_scale", scale), _const("_u8_offset", offset)],
+    )
+    inner = compose.add_prefix(model, "m_")
+    merged = compose.merge_models(_model(pre), inner, io_map=[("_u8_normalised", "m_" + target)])
+    return _finish(merged, {"m_" + o.name: o.name for o in model.graph.output})
+
+
+def rename_outputs(model: onnx.ModelProto, mapping: dict[str, str]) -> onnx.ModelProto:
+    """Rename graph outputs (and every reference to them)."""
+    return _finish(model, mapping)
+
+
+def _finish(model: onnx.ModelProto, mapping: dict[str, str]) -> onnx.ModelProto:
+    for node in model.graph.node:
+        node.output[:] = [mapping.get(o, o) for o in node.output]
+        node.input[:] = [mapping.get(i, i) for i in node.input]
+    for out in model.graph.output:
+        out.name = mapping.get(out.name, out.name)
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
+# ITU-R BT.601 luma, as cv2.COLOR_RGB2GRAY computes it
+_GRAY = (0.299, 0.587, 0.114)
+
+
+def multitask(
+    embedder: onnx.ModelProto,
+    expression: onnx.ModelProto,
+    chip_size: int,
+    expression_box: tuple[int, int, int, int],
+    expression_size: int = 64,
+) -> onnx.ModelProto:
+    """One graph: uint8 RGB chip -> (embedding, expression probabilities).
+
+    ``embedder`` takes float RGB 0..255 NHWC chips (input "chip", output "embedding");
+    ``expression`` takes float grayscale NHWC faces normalised to [-1, 1] (input "face", output
+    "probabilities"). The expression branch converts the chip to gray, crops ``expression_box``
+    (x0, y0, x1, y1 in chip pixels) and resizes it bilinearly to ``expression_size``.
+    """
+    x0, y0, x1, y1 = expression_box
+    s = expression_size
+    nodes = [
+        helper.make_node("Cast", ["chip"], ["chip_f"], to=TensorProto.FLOAT),
+        # gray = chip . luma  (N,H,W,3) x (3,1) -> (N,H,W,1)
+        helper.make_node("MatMul", ["chip_f", "luma"], ["gray"]),
+        helper.make_node("Slice", ["gray", "crop_starts", "crop_ends", "crop_axes"], ["gray_crop"]),
+        helper.make_node("Transpose", ["gray_crop"], ["gray_nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node(
+            "Resize", ["gray_nchw", "", "", "face_sizes"], ["face_nchw"],
+            mode="linear", coordinate_transformation_mode="half_pixel",
+        ),
+        helper.make_node("Transpose", ["face_nchw"], ["face_nhwc"], perm=[0, 2, 3, 1]),
+        # fer's normalisation: (x / 255 - 0.5) * 2
+        helper.make_node("Mul", ["face_nhwc", "two_over_255"], ["face_scaled"]),
+        helper.make_node("Sub", ["face_scaled", "one"], ["face_normalised"]),
+    ]
+    init = [
+        _const("luma", np.array(_GRAY).reshape(3, 1)),
+        numpy_helper.from_array(np.array([y0, x0], np.int64), "crop_starts"),
+        numpy_helper.from_array(np.array([y1, x1], np.int64), "crop_ends"),
+        numpy_helper.from_array(np.array([1, 2], np.int64), "crop_axes"),
+        _const("two_over_255", 2.0 / 255.0),
+        _const("one", 1.0),
+    ]
+    pre = helper.make_graph(
+        nodes, "multitask_pre",
+        [helper.make_tensor_value_info("chip", TensorProto.UINT8, ["N", chip_size, chip_size, 3])],
+        [
+            helper.make_tensor_value_info("chip_f", TensorProto.FLOAT, ["N", chip_size, chip_size, 3]),
+            helper.make_tensor_value_info("face_normalised", TensorProto.FLOAT, ["N", s, s, 1]),
+        ],
+        initializer=init,
+    )
+    # Resize needs the batch dim in its sizes: build [N, 1, s, s] from the input's shape at run time
+    pre.node.insert(4, helper.make_node("Shape", ["gray_nchw"], ["gray_shape"], start=0, end=2))
+    pre.node.insert(5, helper.make_node("Concat", ["gray_shape", "hw"], ["face_sizes"], axis=0))
+    pre.initializer.append(numpy_helper.from_array(np.array([s, s], np.int64), "hw"))
+    emb = compose.add_prefix(embedder, "emb_")
+    expr = compose.add_prefix(expression, "expr_")
+    (emb_in,) = [i.name for i in emb.graph.input]
+    (expr_in,) = [i.name for i in expr.graph.input]
+    step = compose.merge_models(_model(pre), emb, io_map=[("chip_f", emb_in)])
+    merged = compose.merge_models(step, expr, io_map=[("face_normalised", expr_in)])
+    mapping = {emb.graph.output[0].name: "embedding", expr.graph.output[0].name: "expression"}
+    return _finish(merged, mapping)

@@ -1,0 +1,246 @@
+"""The managed Triton: the `tritonserver` that the nvidia-pytriton wheel ships, run as a child process.
+
+``ManagedTriton`` finds the binary, prepares a backend directory whose Python backend stub matches
+the running interpreter, starts Triton on 127.0.0.1 with the model repository, waits until every
+model is ready and stops it cleanly. Triton is started in its own session with
+``PR_SET_PDEATHSIG`` so that neither it nor its Python-backend stubs outlive the parent, even when
+the parent is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import site
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SITE_PACKAGES_ENV = "MOBIDEM_SITE_PACKAGES"
+
+
+class TritonError(RuntimeError):
+    """The managed Triton could not be found, started or made ready."""
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """Paths of the Triton that the nvidia-pytriton distribution installed."""
+
+    root: Path
+
+    @classmethod
+    def find(cls) -> "TritonInstall":
+        try:
+            import pytriton  # noqa: F401  (only to locate the wheel)
+        except ImportError as exc:
+            raise TritonError(
+                "the nvidia-pytriton distribution is not installed; it carries tritonserver: "
+                "pip install nvidia-pytriton"
+            ) from exc
+        root = Path(pytriton.__file__).resolve().parent / "tritonserver"
+        install = cls(root)
+        if not install.binary.exists():
+            raise TritonError(f"tritonserver binary missing at {install.binary}")
+        return install
+
+    @property
+    def binary(self) -> Path:
+        return self.root / "bin" / "tritonserver"
+
+    @property
+    def libs(self) -> Path:
+        return self.root.parent.parent / "nvidia_pytriton.libs"
+
+    def stub(self, version: str | None = None) -> Path:
+        version = version or f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = self.root / "python_backend_stubs" / version / "triton_python_backend_stub"
+        if not stub.exists():
+            available = sorted(p.name for p in (self.root / "python_backend_stubs").iterdir())
+            raise TritonError(f"no Python backend stub for Python {version}; this wheel has {available}")
+        return stub
+
+    def prepare_backends(self, target: Path) -> Path:
+        """A backend directory with the Python backend and the stub for this interpreter."""
+        python = target / "python"
+        python.mkdir(parents=True, exist_ok=True)
+        for item in (self.root / "backends" / "python").iterdir():
+            if item.is_file():
+                _copy_if_changed(item, python / item.name)
+        _copy_if_changed(self.stub(), python / "triton_python_backend_stub")
+        return target
+
+
+def _copy_if_changed(src: Path, dst: Path) -> None:
+    if dst.exists() and dst.stat().st_size == src.stat().st_size and dst.stat().st_mtime >= src.stat().st_mtime:
+        return
+    tmp = dst.with_suffix(dst.suffix + ".tmp")
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
+def site_packages() -> list[str]:
+    """The running environment's import paths, handed to model.py through the environment."""
+    paths = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()]
+    return list(dict.fromkeys(p for p in paths if os.path.isdir(p)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    os.setsid()
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class ManagedTriton:
+    """A tritonserver child process serving ``repository`` on loopback ports."""
+
+    repository: Path
+    workdir: Path
+    grpc_port: int = 0
+    http_port: int = 0
+    metrics_port: int = 0
+    models: list[str] | None = None  # None: every model in the repository
+    log_verbose: int = 0
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.repository = Path(self.repository).resolve()
+        self.workdir = Path(self.workdir).resolve()
+        self.grpc_port = self.grpc_port or free_port()
+        self.http_port = self.http_port or free_port()
+        self.metrics_port = self.metrics_port or free_port()
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "tritonserver.log"
+
+    def command(self, install: TritonInstall) -> list[str]:
+        backends = install.prepare_backends(self.workdir / "backends")
+        cmd = [
+            str(install.binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backends}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-cpu-metrics=true",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            f"--log-verbose={self.log_verbose}",
+        ]
+        if self.models is not None:
+            cmd.append("--model-control-mode=explicit")
+            cmd += [f"--load-model={m}" for m in self.models]
+        return cmd + list(self.extra_args)
+
+    def start(self, timeout: float = 120.0) -> "ManagedTriton":
+        if self.running:
+            return self
+        install = TritonInstall.find()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(install.libs), env.get("LD_LIBRARY_PATH", "")]))
+        env[SITE_PACKAGES_ENV] = os.pathsep.join(site_packages())
+        cmd = self.command(install)
+        log.info("starting tritonserver: %s", " ".join(cmd))
+        with open(self.log_path, "ab") as logfile:
+            self.process = subprocess.Popen(
+                cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, preexec_fn=_die_with_parent, close_fds=True,
+            )
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_ready(self, timeout: float) -> None:
+        import tritonclient.grpc as grpcclient
+
+        deadline = time.monotonic() + timeout
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        try:
+            while time.monotonic() < deadline:
+                if self.process is None or self.process.poll() is not None:
+                    raise TritonError(
+                        f"tritonserver exited with status {self.process.returncode if self.process else None}; "
+                        f"last log lines:\n{self.tail_log()}"
+                    )
+                try:
+                    if client.is_server_ready(client_timeout=2):
+                        return
+                except Exception:  # not listening yet
+                    pass
+                time.sleep(0.25)
+        finally:
+            client.close()
+        raise TritonError(f"tritonserver not ready after {timeout:.0f} s; last log lines:\n{self.tail_log()}")
+
+    def tail_log(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM the whole process group (Triton and its stubs), SIGKILL what is left."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+            # the stubs share the process group; make sure none is left behind
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            break
+
+    def kill(self) -> None:
+        """SIGKILL tritonserver alone, as a crash would (for fault tests)."""
+        if self.process is not None:
+            self.process.kill()
+
+    def __enter__(self) -> "ManagedTriton":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,109 @@
+"""ONNX Runtime inside Triton's Python backend.
+
+Every model folder in ``model_repository/`` has a three-line ``1/model.py`` that puts the
+mobidem environment on ``sys.path`` and re-exports :class:`OnnxModel` as ``TritonPythonModel``.
+The class loads ``model.onnx`` next to that file and answers each request with exactly one
+response. Requests that the dynamic batcher hands over together are concatenated into one
+ONNX Runtime call and split again.
+
+Model config ``parameters`` it reads (all optional):
+
+- ``intra_op_threads`` / ``inter_op_threads``: ONNX Runtime thread pools (default 1 / 1: on a
+  2-core machine shared with the gateway, one thread per instance measured fastest).
+- ``providers``: comma-separated ONNX Runtime execution providers, overriding the default
+  (CPU, or CUDA first when the instance kind is GPU and the installed ONNX Runtime has it).
+
+This module runs inside the Triton stub process, so it imports nothing from mobidem that
+would pull in gRPC or OpenCV.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def _param(config: dict, key: str, default: str) -> str:
+    value = config.get("parameters", {}).get(key, {}).get("string_value")
+    return value if value not in (None, "") else default
+
+
+def select_providers(kind: str, available: list[str], requested: str = "") -> list[str]:
+    """Execution providers for an instance kind ("CPU"/"GPU") given what ORT offers."""
+    if requested:
+        wanted = [p.strip() for p in requested.split(",") if p.strip()]
+        missing = [p for p in wanted if p not in available]
+        if missing:
+            raise RuntimeError(f"providers {missing} are not available in this ONNX Runtime ({available})")
+        return wanted
+    if kind == "GPU":
+        gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+        return gpu[-1:] + ["CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxModel:
+    """A Triton Python-backend model that runs ``model.onnx`` with ONNX Runtime."""
+
+    def initialize(self, args: dict) -> None:
+        import onnxruntime as ort
+
+        self.config = json.loads(args["model_config"])
+        self.name = args["model_name"]
+        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        if not os.path.exists(path):
+            raise pb_utils.TritonModelException(
+                f"{path} is missing: build the models first with `mobidem models build`"
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(_param(self.config, "intra_op_threads", "1"))
+        options.inter_op_num_threads = int(_param(self.config, "inter_op_threads", "1"))
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        kind = args.get("model_instance_kind", "CPU")
+        providers = select_providers(kind, ort.get_available_providers(), _param(self.config, "providers", ""))
+        if kind == "GPU" and providers[0] == "CUDAExecutionProvider":
+            device = int(args.get("model_instance_device_id", 0))
+            providers = [("CUDAExecutionProvider", {"device_id": device}), "CPUExecutionProvider"]
+        self.session = ort.InferenceSession(path, options, providers=providers)
+        self.providers = self.session.get_providers()
+        self.inputs = [i["name"] for i in self.config["input"]]
+        self.outputs = [o["name"] for o in self.config["output"]]
+        self.output_dtypes = {
+            o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in self.config["output"]
+        }
+        session_inputs = {i.name for i in self.session.get_inputs()}
+        session_outputs = {o.name for o in self.session.get_outputs()}
+        if set(self.inputs) != session_inputs or not set(self.outputs) <= session_outputs:
+            raise pb_utils.TritonModelException(
+                f"{self.name}: config.pbtxt I/O {self.inputs}->{self.outputs} does not match "
+                f"model.onnx {sorted(session_inputs)}->{sorted(session_outputs)}"
+            )
+
+    def execute(self, requests: list) -> list:
+        feeds: dict[str, list[np.ndarray]] = {name: [] for name in self.inputs}
+        sizes = []
+        for request in requests:
+            for name in self.inputs:
+                feeds[name].append(pb_utils.get_input_tensor_by_name(request, name).as_numpy())
+            sizes.append(feeds[self.inputs[0]][-1].shape[0])
+        try:
+            batch = {name: np.concatenate(parts) if len(parts) > 1 else parts[0] for name, parts in feeds.items()}
+            results = self.session.run(self.outputs, batch)
+        except Exception as exc:  # one bad batch must not take the model down
+            error = pb_utils.TritonError(f"{self.name}: inference failed: {exc}")
+            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+        responses, start = [], 0
+        for size in sizes:
+            tensors = [
+                pb_utils.Tensor(name, np.ascontiguousarray(out[start : start + size], dtype=self.output_dtypes[name]))
+                for name, out in zip(self.outputs, results)
+            ]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            start += size
+        return responses
+
+    def finalize(self) -> None:
+        self.session = None
