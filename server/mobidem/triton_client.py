@@ -1,0 +1,91 @@
+"""The one place that talks to Triton: async gRPC inference, readiness and model versions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from mobidem.errors import DeadlineExceeded, Unavailable
+
+log = logging.getLogger(__name__)
+
+_UNAVAILABLE_HINTS = ("UNAVAILABLE", "failed to connect", "Connection refused", "Socket closed", "not ready",
+                      "unavailable", "Stub process", "is not found")
+
+
+class TritonClient:
+    """Async inference against a Triton server (managed or external) over gRPC."""
+
+    def __init__(self, url: str, timeout_s: float = 30.0):
+        self.url = url
+        self.timeout_s = timeout_s
+        self._client: grpcclient.InferenceServerClient | None = None
+        self._versions: dict[str, str] = {}
+
+    @property
+    def client(self) -> grpcclient.InferenceServerClient:
+        if self._client is None:
+            self._client = grpcclient.InferenceServerClient(self.url)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def ready(self, models: list[str] = ()) -> bool:
+        try:
+            if not await self.client.is_server_ready(client_timeout=2):
+                return False
+            for m in models:
+                if not await self.client.is_model_ready(m, client_timeout=2):
+                    return False
+            return True
+        except Exception:
+            return False
+
+    async def model_version(self, model: str) -> str:
+        """The newest ready version of ``model`` (cached)."""
+        if model not in self._versions:
+            meta = await self.client.get_model_metadata(model, client_timeout=5)
+            self._versions[model] = max(meta.versions, key=int) if meta.versions else ""
+        return self._versions[model]
+
+    async def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
+                    timeout_s: float | None = None) -> dict[str, np.ndarray]:
+        tensors = []
+        for name, array in inputs.items():
+            t = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            t.set_data_from_numpy(array)
+            tensors.append(t)
+        requested = [grpcclient.InferRequestedOutput(o) for o in outputs]
+        try:
+            result = await self.client.infer(model, tensors, outputs=requested,
+                                             client_timeout=timeout_s or self.timeout_s)
+        except InferenceServerException as exc:
+            raise _translate(model, exc) from None
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"Triton model {model} did not answer in time") from None
+        arrays = {o: result.as_numpy(o) for o in outputs}
+        for name, value in arrays.items():
+            if value is None or (value.size == 0 and next(iter(inputs.values())).shape[0] > 0):
+                # the failure mode of numpy 2 inside the Python backend stub: empty outputs, no error
+                raise Unavailable(f"Triton model {model} returned an empty {name!r} output")
+        return arrays
+
+    async def statistics(self, model: str = "") -> dict:
+        stats = await self.client.get_inference_statistics(model, as_json=True)
+        return stats
+
+
+def _translate(model: str, exc: InferenceServerException) -> Exception:
+    text = f"{exc.status() or ''} {exc.message() or ''}"
+    if "DEADLINE" in text.upper():
+        return DeadlineExceeded(f"Triton model {model} did not answer in time")
+    if any(h in text for h in _UNAVAILABLE_HINTS) or exc.status() in ("StatusCode.UNAVAILABLE",):
+        return Unavailable(f"Triton is unavailable for model {model}: {exc.message()}")
+    return Unavailable(f"Triton inference on {model} failed: {exc.message()}")
