@@ -171,7 +171,7 @@ class _Converter:
             raise RuntimeError(f"tensor {self.tname(i)!r} used before it is produced")
         if layout in have:
             return have[layout]
-        src_layout, src = next(iter(have.items()))
+        src = next(iter(have.values()))
         perm = _NHWC_TO_NCHW if layout == "nchw" else _NCHW_TO_NHWC
         out = self.node("Transpose", [src], self.tname(i) + "_" + layout, perm=list(perm))
         have[layout] = out
@@ -314,7 +314,7 @@ class _Converter:
         raise UnsupportedOpError(
             f"DEQUANTIZE of non-constant {_TYPE_NAMES.get(t.Type())} tensor {self.tname(src)!r}")
 
-    def _conv_weights_bias(self, ins, depthwise, in_ch):
+    def _conv_weights_bias(self, ins, depthwise):
         w = self.const(ins[1]).astype(np.float32)  # [O,H,W,I] or [1,H,W,C*mult]
         if depthwise:
             w = w.transpose(3, 0, 1, 2)  # [C*mult, 1, H, W]
@@ -341,7 +341,7 @@ class _Converter:
         else:
             o = _options(op, _tfl.Conv2DOptions)
         in_shape = self.shape(ins[0])
-        w, wnames = self._conv_weights_bias(ins, depthwise, in_shape[3])
+        w, wnames = self._conv_weights_bias(ins, depthwise)
         kh, kw = w.shape[2], w.shape[3]
         sh, sw = o.StrideH(), o.StrideW()
         dh, dw = max(o.DilationHFactor(), 1), max(o.DilationWFactor(), 1)
@@ -401,9 +401,7 @@ class _Converter:
                 arr = self.const(x)
                 names.append(self.init(arr.astype(np.float32) if arr.dtype == np.float16 else arr,
                                        self.tname(x)))
-            else:
-                if layout == "nhwc" and self.rank(x) != out_rank:
-                    pass  # numpy-style broadcast works in native layout
+            else:  # numpy-style broadcast works in the native layout
                 names.append(self.get(x, layout))
         base = self.tname(outs[0])
         y = self.node(onnx_op, names, base)
