@@ -1,0 +1,143 @@
+"""Face chips for dlib's ResNet embedder, from BlazeFace keypoints, with OpenCV only.
+
+The embedder was trained on ``dlib.get_face_chip(img, shape5, size=150, padding=0.25)`` chips.
+dlib is not a run-time dependency, so the chip is reproduced by a similarity transform that sends
+BlazeFace's keypoints onto a template fitted to dlib's chips (see bench/alignment_study.py and
+docs/ALIGNMENT.md for how the template was derived and how close the result gets).
+
+    chip, M = align_chip(image_rgb, det.keypoints)   # uint8 [150,150,3], 2x3 image -> chip
+
+Large faces are pre-shrunk by factors of two with a Gaussian pyramid (as dlib does) before the
+bilinear warp, so shrinking never degenerates into nearest-neighbour sampling.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "CHIP_SIZE",
+    "TEMPLATE_150",
+    "TEMPLATE_WEIGHTS",
+    "similarity_transform",
+    "chip_transform",
+    "warp_chip",
+    "align_chip",
+]
+
+CHIP_SIZE = 150
+
+# BlazeFace keypoints (right eye, left eye, nose tip, mouth centre, right ear, left ear) where
+# dlib's 150 px / padding 0.25 chip puts them: fitted on the identity photos by
+# bench/alignment_study.py (fit_template). Pixel-centre coordinates of the 150x150 chip.
+TEMPLATE_150 = np.array(
+    [
+        [45.70, 46.52],
+        [102.55, 46.96],
+        [72.98, 80.18],
+        [73.17, 109.19],
+        [16.03, 59.96],
+        [135.29, 60.86],
+    ],
+    dtype=np.float64,
+)
+# Per-keypoint least-squares weights (ears carry no weight: too unstable under yaw).
+TEMPLATE_WEIGHTS = np.array([1.0, 1.0, 0.0, 1.0, 0.0, 0.0], dtype=np.float64)
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Weighted least-squares similarity (rotation, uniform scale, translation; no reflection).
+
+    Returns the 2x3 matrix M minimising sum_i w_i |M [src_i, 1] - dst_i|^2.
+    """
+    src = np.asarray(src, dtype=np.float64).reshape(-1, 2)
+    dst = np.asarray(dst, dtype=np.float64).reshape(-1, 2)
+    w = np.ones(len(src)) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+    if len(src) != len(dst) or len(w) != len(src):
+        raise ValueError("src, dst and weights must have the same length")
+    if (w > 0).sum() < 2:
+        raise ValueError("need at least two weighted points")
+    w = w / w.sum()
+    ms, md = w @ src, w @ dst
+    p, q = src - ms, dst - md
+    den = w @ (p * p).sum(1)
+    if den <= 0:
+        raise ValueError("degenerate source points")
+    a = w @ (p[:, 0] * q[:, 0] + p[:, 1] * q[:, 1]) / den
+    b = w @ (p[:, 0] * q[:, 1] - p[:, 1] * q[:, 0]) / den
+    R = np.array([[a, -b], [b, a]])
+    t = md - R @ ms
+    return np.hstack([R, t[:, None]])
+
+
+def chip_transform(
+    keypoints: np.ndarray,
+    size: int = CHIP_SIZE,
+    template: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """2x3 image -> chip similarity from BlazeFace keypoints [6, 2] (original image pixels).
+
+    ``template``/``weights`` default to TEMPLATE_150 / TEMPLATE_WEIGHTS (scaled to ``size``).
+    """
+    kp = np.asarray(keypoints, dtype=np.float64).reshape(-1, 2)
+    tpl = TEMPLATE_150 if template is None else np.asarray(template, dtype=np.float64).reshape(-1, 2)
+    w = TEMPLATE_WEIGHTS if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+    n = min(len(kp), len(tpl))
+    tpl = tpl[:n] * (size / CHIP_SIZE)
+    return similarity_transform(kp[:n], tpl, w[:n])
+
+
+def warp_chip(image_rgb: np.ndarray, M: np.ndarray, size: int = CHIP_SIZE) -> np.ndarray:
+    """Sample the ``size`` x ``size`` chip defined by the 2x3 image -> chip matrix ``M``.
+
+    Bilinear, replicate-nothing (black) borders. When the chip covers more than twice its size in
+    source pixels, the image is first halved with cv2.pyrDown as many times as dlib's
+    extract_image_chip would (its pyramid_down<2>), only over the region the chip needs.
+    """
+    M = np.asarray(M, dtype=np.float64)
+    scale = float(np.sqrt(abs(np.linalg.det(M[:, :2]))))  # chip px per source px
+    src_extent = size / max(scale, 1e-12)
+    depth = 0
+    ext = src_extent / 2.0
+    while ext > size:  # dlib: rect = rect_down(rect); while (rect.area() > chip.size()) ++depth
+        ext /= 2.0
+        depth += 1
+    img = image_rgb
+    if depth > 0:
+        # crop the source region (with a margin) before building the pyramid
+        inv = cv2.invertAffineTransform(M)
+        corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], dtype=np.float64) @ inv.T
+        margin = 4 * (2**depth)
+        h, w = img.shape[:2]
+        x0 = int(max(0, np.floor(corners[:, 0].min()) - margin))
+        y0 = int(max(0, np.floor(corners[:, 1].min()) - margin))
+        x1 = int(min(w, np.ceil(corners[:, 0].max()) + margin))
+        y1 = int(min(h, np.ceil(corners[:, 1].max()) + margin))
+        if x1 - x0 >= 2 and y1 - y0 >= 2:
+            # keep the crop origin a multiple of 2**depth so pyramid pixels stay on the same grid
+            x0 -= x0 % (2**depth)
+            y0 -= y0 % (2**depth)
+            img = img[y0:y1, x0:x1]
+            for _ in range(depth):
+                img = cv2.pyrDown(img)
+            f = float(2**depth)
+            # chip = M [p_orig, 1];  p_orig = f * p_small + (x0, y0)
+            M = M @ np.array([[f, 0, x0], [0, f, y0], [0, 0, 1]], dtype=np.float64)
+    return cv2.warpAffine(
+        img, M, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
+
+
+def align_chip(
+    image_rgb: np.ndarray,
+    keypoints: np.ndarray,
+    size: int = CHIP_SIZE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Chip for dlib's embedder from one face's BlazeFace keypoints.
+
+    image_rgb: uint8 HxWx3 (the original frame); keypoints: [6, 2] in that frame's pixels (e.g.
+    ``Detection.keypoints``). Returns (chip uint8 [size, size, 3], M 2x3 float64 image -> chip).
+    """
+    M = chip_transform(keypoints, size)
+    return warp_chip(image_rgb, M, size), M
