@@ -1,0 +1,27 @@
+"""Gallery errors. The API layer maps them to gRPC status codes at the edge."""
+
+from __future__ import annotations
+
+
+class GalleryError(Exception):
+    """Base class of every error the gallery raises on purpose."""
+
+
+class NotFound(GalleryError):
+    """The identity does not exist (gRPC NOT_FOUND)."""
+
+
+class InvalidArgument(GalleryError, ValueError):
+    """A request field is malformed (gRPC INVALID_ARGUMENT)."""
+
+
+class IdempotencyConflict(GalleryError):
+    """An idempotency key was reused with a different request (gRPC ALREADY_EXISTS / FAILED_PRECONDITION)."""
+
+
+class GalleryCorrupt(GalleryError):
+    """The database file failed its integrity check or is not a database at all."""
+
+
+class SchemaTooNew(GalleryError):
+    """The database was written by a newer mobidem (more migrations than this code knows)."""

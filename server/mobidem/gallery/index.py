@@ -1,0 +1,264 @@
+"""Exact in-memory 1:N search over the gallery's templates.
+
+Templates are grouped in one segment per (model_name, model_version, dim); a probe is
+compared only with the segment of its own embedder version, never across versions.
+Each segment holds a float32 matrix plus precomputed squared norms, so a search is
+one matrix-vector product: d² = ||e||² - 2 e·q + ||q||² (clamped ≥ 0), then
+``argpartition`` for the candidates and an exact float64 distance for the winners.
+
+Concurrency: copy-on-write. Appends write rows past every published length (or into
+a fresh, larger buffer); deletes build new compacted arrays. A search takes a
+snapshot under the lock and computes without it, so searches run in parallel with
+each other and with writers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+import numpy as np
+
+from .errors import InvalidArgument
+from .records import DEFAULT_DIM, Match, SearchResult, TemplateRecord
+
+MAX_K = 1000
+
+
+def distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Euclidean distance between two embeddings (float64 arithmetic)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise InvalidArgument(f"embedding dimension mismatch: {a.shape[0]} vs {b.shape[0]}")
+    return float(np.sqrt(np.sum((a - b) ** 2)))
+
+
+class _Segment:
+    """Templates of one embedder version. Rows [0, n) are immutable once published."""
+
+    __slots__ = ("dim", "n", "emb", "sq", "codes", "tids", "members")
+
+    def __init__(self, dim: int, capacity: int = 1024) -> None:
+        self.dim = dim
+        self.n = 0
+        self.emb = np.empty((capacity, dim), dtype=np.float32)
+        self.sq = np.empty(capacity, dtype=np.float32)
+        self.codes = np.empty(capacity, dtype=np.int64)
+        self.tids: list[str] = []
+        self.members: dict[int, int] = {}  # identity code -> template count in this segment
+
+    def append(self, embs: np.ndarray, codes: np.ndarray, tids: list[str]) -> None:
+        m = embs.shape[0]
+        need = self.n + m
+        if need > self.emb.shape[0]:
+            cap = max(need, 2 * self.emb.shape[0])
+            emb = np.empty((cap, self.dim), dtype=np.float32)
+            sq = np.empty(cap, dtype=np.float32)
+            cd = np.empty(cap, dtype=np.int64)
+            emb[: self.n] = self.emb[: self.n]
+            sq[: self.n] = self.sq[: self.n]
+            cd[: self.n] = self.codes[: self.n]
+            self.emb, self.sq, self.codes = emb, sq, cd
+        self.emb[self.n : need] = embs
+        self.sq[self.n : need] = np.einsum("ij,ij->i", embs, embs)
+        self.codes[self.n : need] = codes
+        self.tids.extend(tids)
+        for c in codes.tolist():
+            self.members[c] = self.members.get(c, 0) + 1
+        self.n = need  # publish last
+
+    def remove_code(self, code: int) -> int:
+        removed = self.members.pop(code, 0)
+        if not removed:
+            return 0
+        keep = np.flatnonzero(self.codes[: self.n] != code)
+        cap = max(1024, keep.shape[0] * 2)
+        emb = np.empty((cap, self.dim), dtype=np.float32)
+        sq = np.empty(cap, dtype=np.float32)
+        cd = np.empty(cap, dtype=np.int64)
+        k = keep.shape[0]
+        emb[:k] = self.emb[keep]
+        sq[:k] = self.sq[keep]
+        cd[:k] = self.codes[keep]
+        tids = [self.tids[i] for i in keep.tolist()]
+        # Replace wholesale: snapshots taken before keep the old arrays.
+        self.emb, self.sq, self.codes, self.tids, self.n = emb, sq, cd, tids, k
+        return removed
+
+    def snapshot(self):
+        n = self.n
+        return self.emb[:n], self.sq[:n], self.codes[:n], self.tids, n
+
+
+class GalleryIndex:
+    """Exact nearest-identity search, kept in step with a ``GalleryStore``."""
+
+    def __init__(self, dim: int = DEFAULT_DIM) -> None:
+        self.dim = int(dim)
+        self._lock = threading.Lock()
+        self._segments: dict[tuple[str, str], _Segment] = {}
+        self._code_of: dict[str, int] = {}
+        self._id_of: list[str] = []
+        self._templates_of: dict[int, int] = {}  # identity code -> total templates, all versions
+        self._stale_cache: dict[tuple[str, str], frozenset[str]] = {}
+
+    # -- building
+
+    @classmethod
+    def from_store(cls, store) -> GalleryIndex:
+        idx = cls(dim=store.dim)
+        idx.add_records(store.iter_templates())
+        return idx
+
+    def _code(self, identity_id: str) -> int:
+        c = self._code_of.get(identity_id)
+        if c is None:
+            c = len(self._id_of)
+            self._code_of[identity_id] = c
+            self._id_of.append(identity_id)
+        return c
+
+    def add(
+        self, identity_id: str, template_id: str, embedding: np.ndarray, model_name: str, model_version: str
+    ) -> None:
+        self.add_records(
+            [TemplateRecord(template_id, identity_id, embedding, model_name, model_version, None, 0.0)]
+        )
+
+    def add_records(self, records: Iterable[TemplateRecord], batch: int = 8192) -> int:
+        """Append templates (grouped per version, one copy per batch). Returns how many were added."""
+        total = 0
+        groups: dict[tuple[str, str], list[TemplateRecord]] = {}
+
+        def flush() -> None:
+            nonlocal total
+            with self._lock:
+                for key, recs in groups.items():
+                    embs = np.stack([np.asarray(r.embedding, dtype=np.float32).reshape(-1) for r in recs])
+                    if embs.shape[1] != self.dim:
+                        raise InvalidArgument(f"embedding dimension mismatch: got {embs.shape[1]}, index has {self.dim}")
+                    codes = np.fromiter((self._code(r.identity_id) for r in recs), dtype=np.int64, count=len(recs))
+                    seg = self._segments.get(key)
+                    if seg is None:
+                        seg = self._segments[key] = _Segment(self.dim)
+                    seg.append(embs, codes, [r.id for r in recs])
+                    for c in codes.tolist():
+                        self._templates_of[c] = self._templates_of.get(c, 0) + 1
+                    total += len(recs)
+                self._stale_cache.clear()
+            groups.clear()
+
+        pending = 0
+        for r in records:
+            groups.setdefault((r.model_name, r.model_version), []).append(r)
+            pending += 1
+            if pending >= batch:
+                flush()
+                pending = 0
+        if pending:
+            flush()
+        return total
+
+    def remove_identity(self, identity_id: str) -> int:
+        """Drop every template of the identity. Returns how many rows were removed."""
+        with self._lock:
+            code = self._code_of.get(identity_id)
+            if code is None:
+                return 0
+            n = sum(seg.remove_code(code) for seg in self._segments.values())
+            self._templates_of.pop(code, None)
+            self._stale_cache.clear()
+            return n
+
+    def __len__(self) -> int:
+        return sum(seg.n for seg in self._segments.values())
+
+    def identity_count(self) -> int:
+        with self._lock:
+            return len(self._templates_of)
+
+    def model_versions(self) -> dict[tuple[str, str], int]:
+        """Template count per (model_name, model_version)."""
+        with self._lock:
+            return {k: s.n for k, s in self._segments.items() if s.n}
+
+    # -- search
+
+    def _stale_for(self, key: tuple[str, str]) -> frozenset[str]:
+        # Called with the lock held. Identities with templates, none of them of `key`.
+        cached = self._stale_cache.get(key)
+        if cached is None:
+            seg = self._segments.get(key)
+            current = seg.members if seg is not None else {}
+            if len(current) == len(self._templates_of):
+                cached = frozenset()
+            else:
+                cached = frozenset(self._id_of[c] for c in self._templates_of if c not in current)
+            self._stale_cache[key] = cached
+        return cached
+
+    def search(
+        self,
+        embedding: np.ndarray,
+        k: int = 1,
+        model_name: str = "",
+        model_version: str = "",
+        max_distance: float | None = None,
+    ) -> SearchResult:
+        """Top-``k`` identities by the distance of their best template, nearest first.
+
+        Only templates of the probe's (model_name, model_version) are compared; the others
+        are counted in ``skipped_templates`` and identities left with nothing comparable
+        are listed in ``stale_identities``. ``max_distance`` drops matches farther than it.
+        """
+        q = np.asarray(embedding, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self.dim:
+            raise InvalidArgument(f"embedding dimension mismatch: got {q.shape[0]}, index has {self.dim}")
+        if not np.isfinite(q).all():
+            raise InvalidArgument("embedding contains NaN or infinity")
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise InvalidArgument("k must be a positive integer")
+        k = min(int(k), MAX_K)
+        key = (model_name, model_version)
+        with self._lock:
+            seg = self._segments.get(key)
+            emb, sq, codes, tids, n = seg.snapshot() if seg is not None else (None, None, None, None, 0)
+            total = sum(s.n for s in self._segments.values())
+            stale = self._stale_for(key)
+            id_of = self._id_of  # append-only list: safe to read outside the lock
+        skipped = total - n
+        if n == 0:
+            return SearchResult([], stale, skipped, 0)
+
+        d2 = emb @ q
+        d2 *= -2.0
+        d2 += sq
+        d2 += np.float32(q @ q)
+
+        # Exact top-k distinct identities: if the m smallest rows hold >= k distinct
+        # identities, any identity outside them is no nearer than all of them.
+        m = min(n, max(4 * k, 32))
+        while True:
+            cand = np.argpartition(d2, m - 1)[:m] if m < n else np.arange(n)
+            cand = cand[np.argsort(d2[cand], kind="stable")]
+            _, first = np.unique(codes[cand], return_index=True)
+            if first.shape[0] >= k or m >= n:
+                break
+            m = min(n, m * 4)
+        # First occurrences in d2 order = each identity's best row; keep 2k so the exact
+        # re-ranking below can fix float32 near-ties at the k-th place.
+        best_rows = cand[np.sort(first)][: 2 * k]
+
+        # Exact distances for the winners (float64, no cancellation), then final order.
+        diff = emb[best_rows].astype(np.float64) - q.astype(np.float64)
+        dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        order = np.argsort(dist, kind="stable")[:k]
+        matches = []
+        for i in order.tolist():
+            dv = float(dist[i])
+            if max_distance is not None and dv > max_distance:
+                break
+            row = int(best_rows[i])
+            matches.append(Match(id_of[int(codes[row])], dv, tids[row]))
+        return SearchResult(matches, stale, skipped, n)
