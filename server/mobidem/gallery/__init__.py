@@ -101,6 +101,11 @@ class Gallery:
     ) -> SearchResult:
         return self.index.search(embedding, k, model_name, model_version, max_distance)
 
+    def distance_to_identity(self, embedding: np.ndarray, identity_id: str, model_name: str,
+                             model_version: str) -> float | None:
+        """Distance to the identity's nearest template of that embedder (None: it has none)."""
+        return self.index.identity_distance(embedding, identity_id, model_name, model_version)
+
     def get(self, identity_id: str) -> Identity | None:
         return self.store.get(identity_id)
 

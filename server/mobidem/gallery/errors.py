@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from mobidem import errors
 
-class GalleryError(Exception):
+
+class GalleryError(errors.MobidemError):
     """Base class of every error the gallery raises on purpose."""
 
 
-class NotFound(GalleryError):
+class NotFound(GalleryError, errors.NotFound):
     """The identity does not exist (gRPC NOT_FOUND)."""
 
 
-class InvalidArgument(GalleryError, ValueError):
+class InvalidArgument(GalleryError, errors.InvalidArgument, ValueError):
     """A request field is malformed (gRPC INVALID_ARGUMENT)."""
 
 
-class IdempotencyConflict(GalleryError):
+class IdempotencyConflict(GalleryError, errors.AlreadyExists):
     """An idempotency key was reused with a different request (gRPC ALREADY_EXISTS / FAILED_PRECONDITION)."""
 
 
@@ -23,5 +25,5 @@ class GalleryCorrupt(GalleryError):
     """The database file failed its integrity check or is not a database at all."""
 
 
-class SchemaTooNew(GalleryError):
+class SchemaTooNew(GalleryError, errors.FailedPrecondition):
     """The database was written by a newer mobidem (more migrations than this code knows)."""

@@ -185,6 +185,21 @@ class GalleryIndex:
 
     # -- search
 
+    def identity_distance(self, embedding: np.ndarray, identity_id: str, model_name: str,
+                          model_version: str) -> float | None:
+        """Euclidean distance to the identity's nearest template of (model_name, model_version)."""
+        q = np.asarray(embedding, dtype=np.float64).reshape(-1)
+        with self._lock:
+            code = self._code_of.get(identity_id)
+            seg = self._segments.get((model_name, model_version))
+            if code is None or seg is None:
+                return None
+            emb, _, codes, _, n = seg.snapshot()
+        rows = emb[:n][codes[:n] == code]
+        if rows.shape[0] == 0:
+            return None
+        return float(np.sqrt(((rows.astype(np.float64) - q) ** 2).sum(axis=1)).min())
+
     def _stale_for(self, key: tuple[str, str]) -> frozenset[str]:
         # Called with the lock held. Identities with templates, none of them of `key`.
         cached = self._stale_cache.get(key)

@@ -241,15 +241,17 @@ class Timings(_message.Message):
     def __init__(self, decode_ms: _Optional[float] = ..., detect_ms: _Optional[float] = ..., align_ms: _Optional[float] = ..., embed_ms: _Optional[float] = ..., match_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class FrameResult(_message.Message):
-    __slots__ = ("sequence", "capture_time", "status", "drop_reason", "width", "height", "faces", "models", "timings")
+    __slots__ = ("sequence", "capture_time", "status", "drop_reason", "width", "height", "faces", "models", "timings", "error_code", "error_message")
     class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATUS_UNSPECIFIED: _ClassVar[FrameResult.Status]
         STATUS_OK: _ClassVar[FrameResult.Status]
         STATUS_DROPPED: _ClassVar[FrameResult.Status]
+        STATUS_FAILED: _ClassVar[FrameResult.Status]
     STATUS_UNSPECIFIED: FrameResult.Status
     STATUS_OK: FrameResult.Status
     STATUS_DROPPED: FrameResult.Status
+    STATUS_FAILED: FrameResult.Status
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_TIME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -259,6 +261,8 @@ class FrameResult(_message.Message):
     FACES_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     capture_time: _timestamp_pb2.Timestamp
     status: FrameResult.Status
@@ -268,7 +272,9 @@ class FrameResult(_message.Message):
     faces: _containers.RepeatedCompositeFieldContainer[Face]
     models: _containers.RepeatedCompositeFieldContainer[ModelVersion]
     timings: Timings
-    def __init__(self, sequence: _Optional[int] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[FrameResult.Status, str]] = ..., drop_reason: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., faces: _Optional[_Iterable[_Union[Face, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+    error_code: int
+    error_message: str
+    def __init__(self, sequence: _Optional[int] = ..., capture_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[FrameResult.Status, str]] = ..., drop_reason: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., faces: _Optional[_Iterable[_Union[Face, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
 
 class AnalyzeRequest(_message.Message):
     __slots__ = ("image", "tasks", "min_face_size", "top_k")

@@ -1,0 +1,73 @@
+"""FaceAnalysis servicer: Stream (bidirectional, one result per frame) and Analyze (one image)."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from mobidem.api import convert
+from mobidem.api.errors import status_for
+from mobidem.errors import InvalidArgument
+from mobidem.imaging import ImageLimits
+from mobidem.pipeline import Pipeline
+from mobidem.streaming import DropPolicy, StreamFrame, StreamSession, StreamStats
+from mobidem.v1 import mobidem_pb2 as pb
+from mobidem.v1 import mobidem_pb2_grpc as pb_grpc
+
+
+class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
+    def __init__(self, pipeline: Pipeline, limits: ImageLimits, default_in_flight: int = 4,
+                 max_in_flight: int = 32, stats: StreamStats | None = None):
+        self.pipeline = pipeline
+        self.limits = limits
+        self.default_in_flight = default_in_flight
+        self.max_in_flight = max_in_flight
+        self.stats = stats or StreamStats()
+
+    async def Analyze(self, request: pb.AnalyzeRequest, context) -> pb.FrameResult:
+        load = convert.image_loader(request.image, self.limits)
+        analysis = await self.pipeline.analyze(load, convert.tasks(request.tasks), request.min_face_size,
+                                               request.top_k or 1)
+        return convert.analysis_pb(analysis)
+
+    async def Stream(self, request_iterator, context):
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            return
+        if first.WhichOneof("message") != "options":
+            raise InvalidArgument("the first message of a stream must be StreamOptions (set `options`), "
+                                  "frames follow it")
+        opts = first.options
+        tasks = convert.tasks(opts.tasks)
+        if opts.max_in_flight > self.max_in_flight:
+            raise InvalidArgument(f"max_in_flight {opts.max_in_flight} is above this server's limit "
+                                  f"of {self.max_in_flight}")
+        policy = DropPolicy(opts.drop_policy) if opts.drop_policy in (1, 2) else DropPolicy.NONE
+        top_k = opts.top_k or 1
+
+        async def frames():
+            async for message in request_iterator:
+                if message.WhichOneof("message") != "frame":
+                    raise InvalidArgument("StreamOptions may only be sent once, as the first message")
+                yield StreamFrame(message.frame.sequence, message.frame)
+
+        async def process(frame: StreamFrame):
+            load = convert.image_loader(frame.payload.image, self.limits, "frame.image")
+            return await self.pipeline.analyze(load, tasks, opts.min_face_size, top_k)
+
+        session = StreamSession(process, opts.max_in_flight or self.default_in_flight, policy, self.stats)
+        async for outcome in session.results(frames()):
+            frame = outcome.frame.payload
+            if outcome.status == "ok":
+                result = convert.analysis_pb(outcome.value, frame.sequence, frame.capture_time)
+                result.timings.total_ms = (time.perf_counter() - outcome.frame.received) * 1000
+            elif outcome.status == "dropped":
+                result = pb.FrameResult(sequence=frame.sequence, status=pb.FrameResult.STATUS_DROPPED,
+                                        drop_reason=outcome.drop_reason, capture_time=frame.capture_time)
+            else:
+                code = status_for(outcome.error) or grpc.StatusCode.INTERNAL
+                result = pb.FrameResult(sequence=frame.sequence, status=pb.FrameResult.STATUS_FAILED,
+                                        capture_time=frame.capture_time, error_code=code.value[0],
+                                        error_message=str(outcome.error))
+            yield result

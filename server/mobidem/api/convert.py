@@ -1,0 +1,83 @@
+"""Protobuf <-> core objects. The only module that knows both sides."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from mobidem.imaging import ImageLimits, InvalidImage, decode_encoded, decode_raw
+from mobidem.pipeline import ALL_TASKS, EXPRESSION_LABELS, Analysis, FaceResult, Match, Task
+from mobidem.v1 import mobidem_pb2 as pb
+
+
+def image_loader(image: pb.Image, limits: ImageLimits, what: str = "image"):
+    """A function that decodes ``image`` to RGB (run in a worker thread), or InvalidImage now."""
+    kind = image.WhichOneof("source")
+    if kind == "encoded":
+        return partial(decode_encoded, image.encoded, limits)
+    if kind == "raw":
+        r = image.raw
+        return partial(decode_raw, r.width, r.height, r.format, r.stride, r.data, limits)
+    raise InvalidImage(f"{what} is missing: set {what}.encoded (JPEG/PNG bytes) or {what}.raw")
+
+
+def tasks(values) -> frozenset[Task]:
+    chosen = set()
+    for v in values:
+        if v not in (t.value for t in Task):
+            raise InvalidImage(f"unknown task {v}; use TASK_DETECT, TASK_IDENTIFY or TASK_EXPRESSION")
+        chosen.add(Task(v))
+    return frozenset(chosen) or ALL_TASKS
+
+
+def match_pb(m: Match) -> pb.IdentityMatch:
+    return pb.IdentityMatch(
+        known=m.known, identity_id=m.identity_id, display_name=m.display_name,
+        distance=m.distance if np.isfinite(m.distance) else 0.0, threshold=m.threshold,
+        operating_point=m.operating_point, stale_identities=m.stale_identities,
+        candidates=[pb.Candidate(identity_id=i, display_name=n, distance=d) for i, n, d in m.candidates],
+    )
+
+
+def _plugin_value(value) -> pb.PluginValue:
+    if isinstance(value, str):
+        return pb.PluginValue(text=value)
+    arr = np.asarray(value, dtype=np.float32)
+    if arr.ndim == 0:
+        return pb.PluginValue(number=float(arr))
+    if arr.ndim == 2 and arr.shape[1] == 2:
+        return pb.PluginValue(points=pb.Points(points=[pb.Point(x=x, y=y) for x, y in arr]))
+    return pb.PluginValue(vector=pb.Vector(values=arr.ravel().tolist()))
+
+
+def face_pb(face: FaceResult) -> pb.Face:
+    out = pb.Face(
+        box=pb.Box(x0=face.box[0], y0=face.box[1], x1=face.box[2], y1=face.box[3]),
+        landmarks=[pb.Point(x=x, y=y) for x, y in face.landmarks],
+        detection_score=face.score,
+    )
+    if face.match is not None:
+        out.identity.CopyFrom(match_pb(face.match))
+    if face.expression is not None:
+        best = int(np.argmax(face.expression))
+        out.expression.CopyFrom(pb.Expression(
+            label=EXPRESSION_LABELS[best], confidence=float(face.expression[best]),
+            probabilities=[pb.ClassProbability(label=l, probability=float(p))
+                           for l, p in zip(EXPRESSION_LABELS, face.expression)],
+        ))
+    for key, value in face.extensions.items():
+        out.extensions[key].CopyFrom(_plugin_value(value))
+    return out
+
+
+def analysis_pb(a: Analysis, sequence: int = 0, capture_time=None) -> pb.FrameResult:
+    result = pb.FrameResult(
+        sequence=sequence, status=pb.FrameResult.STATUS_OK, width=a.width, height=a.height,
+        faces=[face_pb(f) for f in a.faces],
+        models=[pb.ModelVersion(role=r, name=n, version=v) for r, n, v in a.models],
+        timings=pb.Timings(**{f"{k}_ms": v for k, v in a.timings_ms.items()}),
+    )
+    if capture_time is not None:
+        result.capture_time.CopyFrom(capture_time)
+    return result

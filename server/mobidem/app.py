@@ -1,0 +1,116 @@
+"""`mobidem serve`: assemble Triton (managed or external), the gallery, the pipeline and the gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from mobidem import calibration
+from mobidem.api.analysis import FaceAnalysisServicer
+from mobidem.api.errors import ErrorInterceptor
+from mobidem.api.gallery import GalleryServicer
+from mobidem.config import Settings
+from mobidem.errors import Unavailable
+from mobidem.gallery import Gallery
+from mobidem.identity import IdentityService
+from mobidem.imaging import ImageLimits
+from mobidem.managed_triton import ManagedTriton
+from mobidem.pipeline import Pipeline, PipelineConfig
+from mobidem.streaming import StreamStats
+from mobidem.triton_client import TritonClient
+from mobidem.v1 import mobidem_pb2, mobidem_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CALIBRATION = Path(__file__).resolve().parent / "data" / "calibration.json"
+SERVICES = ("mobidem.v1.FaceAnalysis", "mobidem.v1.Gallery")
+
+
+class MobidemServer:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.managed: ManagedTriton | None = None
+        self.server: grpc.aio.Server | None = None
+        self.health = HealthServicer()
+        self.stats = StreamStats()
+        self.port: int | None = None
+
+    async def start(self) -> "MobidemServer":
+        s = self.settings
+        data = s.data_path
+        data.mkdir(parents=True, exist_ok=True)
+        for service in ("", *SERVICES):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        url = s.triton_url
+        if not url:
+            self.managed = ManagedTriton(Path(s.model_repository), data / "triton")
+            await asyncio.to_thread(self.managed.start, s.triton_start_timeout_s)
+            url = self.managed.grpc_url
+            log.info("managed Triton ready on %s (metrics on 127.0.0.1:%d)", url, self.managed.metrics_port)
+        self.triton = TritonClient(url)
+        config = PipelineConfig(detector=s.detector, face_model=s.face_model, threads=s.image_threads)
+        self.pipeline = Pipeline(self.triton, config)
+        if not await self.triton.ready(self.pipeline.models):
+            raise Unavailable(f"Triton at {url} is not ready with models {self.pipeline.models}")
+        self.gallery = await asyncio.to_thread(Gallery.open, str(data / "gallery.db"))
+        points = calibration.load(s.calibration or DEFAULT_CALIBRATION)
+        self.identities = IdentityService(self.gallery, self.pipeline, points, s.operating_point)
+        self.identities.model_version = await self.triton.model_version(s.face_model)
+        self.pipeline.matcher = self.identities
+
+        limits = ImageLimits(max_encoded_bytes=s.max_message_bytes, max_side=s.max_image_side,
+                             max_pixels=s.max_image_pixels)
+        options = [("grpc.max_receive_message_length", s.max_message_bytes + 64 * 1024),
+                   ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+        self.server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+        mobidem_pb2_grpc.add_FaceAnalysisServicer_to_server(
+            FaceAnalysisServicer(self.pipeline, limits, s.default_in_flight, s.max_in_flight, self.stats), self.server)
+        mobidem_pb2_grpc.add_GalleryServicer_to_server(GalleryServicer(self.identities, limits), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = [mobidem_pb2.DESCRIPTOR.services_by_name[n.split(".")[-1]].full_name for n in SERVICES]
+        reflection.enable_server_reflection([*names, "grpc.health.v1.Health", reflection.SERVICE_NAME], self.server)
+        self.port = self.server.add_insecure_port(s.listen)
+        if not self.port:
+            raise Unavailable(f"cannot listen on {s.listen}")
+        await self.server.start()
+        for service in ("", *SERVICES):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("mobidem serving gRPC on %s (port %d)", s.listen, self.port)
+        return self
+
+    async def stop(self, grace: float = 10.0) -> None:
+        for service in ("", *SERVICES):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.server is not None:
+            await self.server.stop(grace)
+        if getattr(self, "triton", None) is not None:
+            await self.triton.close()
+        if getattr(self, "pipeline", None) is not None:
+            self.pipeline.close()
+        if getattr(self, "gallery", None) is not None:
+            await asyncio.to_thread(self.gallery.close)
+        if self.managed is not None:
+            await asyncio.to_thread(self.managed.stop)
+
+
+async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    server = MobidemServer(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+        print(f"mobidem: serving on {settings.listen}", flush=True)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        await server.stop()

@@ -1,0 +1,221 @@
+"""The `mobidem` command: build models, run Triton or the server, and talk to a server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _models_build(args) -> int:
+    from mobidem import modelbuild
+
+    try:
+        modelbuild.build(args.repository, args.model or None, force=args.force)
+    except modelbuild.BuildError as exc:
+        print(f"mobidem models build: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _triton(args) -> int:
+    import signal
+    import time
+
+    from mobidem.managed_triton import ManagedTriton
+    from mobidem.modelbuild import default_repository
+
+    triton = ManagedTriton(Path(args.repository or default_repository()), Path(args.workdir),
+                           grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port)
+    triton.start()
+    print(f"Triton ready: gRPC {triton.grpc_url}, HTTP 127.0.0.1:{triton.http_port}, "
+          f"metrics 127.0.0.1:{triton.metrics_port}; Ctrl-C stops it", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while triton.running:
+            time.sleep(0.5)
+        print(f"Triton exited:\n{triton.tail_log()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        triton.stop()
+
+
+def _serve(args) -> int:
+    from mobidem import config
+    from mobidem.app import serve
+
+    settings = config.load(args)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _client(args):
+    from mobidem.client import MobidemClient
+
+    return MobidemClient(args.target)
+
+
+def _analyze(args) -> int:
+    from mobidem.client import describe
+
+    with _client(args) as client:
+        for path in args.images:
+            print(f"{path}: {describe(client.analyze(path))}")
+    return 0
+
+
+def _stream(args) -> int:
+    from mobidem.client import describe, frame_count, video_frames
+    from mobidem.v1 import mobidem_pb2 as pb
+
+    source = int(args.camera) if args.camera is not None else args.video
+    if source is None:
+        print("mobidem stream: name a VIDEO file or --camera N", file=sys.stderr)
+        return 2
+    policy = pb.DROP_POLICY_LATEST_FRAME_WINS if args.latest_frame_wins else pb.DROP_POLICY_NONE
+    frames = list(video_frames(source, args.max_frames)) if args.output else None
+    results = []
+    with _client(args) as client:
+        stream = client.stream(frames if frames is not None else video_frames(source, args.max_frames),
+                               drop_policy=policy, raw=args.raw)
+        progress = None
+        if isinstance(source, str) and not args.no_progress:
+            from tqdm import tqdm
+            total = frame_count(source)
+            progress = tqdm(total=min(total, args.max_frames or total), unit="frame", file=sys.stderr)
+        for result in stream:
+            line = describe(result)
+            (progress.write(line) if progress else print(line, flush=True))
+            if progress:
+                progress.update(1)
+            if args.output:
+                results.append(result)
+        if progress:
+            progress.close()
+    if args.output:
+        from mobidem.annotate import write_video
+        write_video(args.output, frames, results)
+        print(f"annotated video written to {args.output}")
+    return 0
+
+
+def _enroll(args) -> int:
+    with _client(args) as client:
+        r = client.enroll(args.name, args.images, identity_id=args.id or "", face_index=args.face_index)
+        print(f"enrolled {r.identity.display_name!r} as {r.identity.id} "
+              f"({r.templates_added} template(s) added, {r.identity.template_count} in all)")
+    return 0
+
+
+def _verify(args) -> int:
+    with _client(args) as client:
+        r = client.verify(args.a, args.b, operating_point=args.operating_point)
+        verdict = "SAME person" if r.match else "DIFFERENT people"
+        print(f"{verdict}: distance {r.distance:.4f} vs threshold {r.threshold:.4f} "
+              f"at {r.operating_point} (FAR target {r.far_target:g}, {r.embedder})")
+    return 0 if r.match else 1
+
+
+def _identify(args) -> int:
+    with _client(args) as client:
+        r = client.identify(args.image, top_k=args.top_k)
+        m = r.match
+        print(f"{'identified as ' + m.display_name + ' (' + m.identity_id + ')' if m.known else 'unknown'}: "
+              f"distance {m.distance:.4f}, threshold {m.threshold:.4f} at {m.operating_point}")
+        for c in m.candidates:
+            print(f"  {c.display_name} ({c.identity_id}) distance {c.distance:.4f}")
+    return 0
+
+
+def _demo(args) -> int:
+    from mobidem.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mobidem import config
+
+    parser = argparse.ArgumentParser(prog="mobidem", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="model repository").add_subparsers(dest="models_command", required=True)
+    b = models.add_parser("build", help="convert the pretrained weights into ONNX files in the Triton repository")
+    b.add_argument("--repository", type=Path, default=None)
+    b.add_argument("--model", action="append", help="build only this model (repeatable)")
+    b.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    b.set_defaults(func=_models_build)
+
+    t = sub.add_parser("triton", help="run the managed Triton alone (for an external-Triton setup or debugging)")
+    t.add_argument("--repository", default=None)
+    t.add_argument("--workdir", default="/tmp/mobidem-triton")
+    t.add_argument("--grpc-port", type=int, default=8001)
+    t.add_argument("--http-port", type=int, default=8000)
+    t.add_argument("--metrics-port", type=int, default=8002)
+    t.set_defaults(func=_triton)
+
+    s = sub.add_parser("serve", help="serve gRPC (starts the managed Triton unless --triton-url is set)")
+    config.add_arguments(s)
+    s.set_defaults(func=_serve)
+
+    def client_parser(name, help_text, func):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--target", default=DEFAULT_TARGET, help=f"server address (default {DEFAULT_TARGET})")
+        p.set_defaults(func=func)
+        return p
+
+    a = client_parser("analyze", "faces, identities and expressions in images", _analyze)
+    a.add_argument("images", nargs="+")
+    st = client_parser("stream", "stream a video file or camera and print per-frame results", _stream)
+    st.add_argument("video", nargs="?")
+    st.add_argument("--camera", help="camera index instead of a file")
+    st.add_argument("--output", help="write an annotated video here")
+    st.add_argument("--max-frames", type=int)
+    st.add_argument("--latest-frame-wins", action="store_true", help="drop old frames under overload")
+    st.add_argument("--raw", action="store_true", help="send raw RGB pixels instead of JPEG")
+    st.add_argument("--no-progress", action="store_true")
+    e = client_parser("enroll", "enrol a person from one or more photos", _enroll)
+    e.add_argument("name")
+    e.add_argument("images", nargs="+")
+    e.add_argument("--id", help="add to this identity instead of creating one")
+    e.add_argument("--face-index", type=int, help="take this face (0 = largest) when a photo has several")
+    v = client_parser("verify", "1:1: are the faces in two photos the same person?", _verify)
+    v.add_argument("a")
+    v.add_argument("b")
+    v.add_argument("--operating-point", default="")
+    i = client_parser("identify", "1:N: who is in this photo?", _identify)
+    i.add_argument("image")
+    i.add_argument("--top-k", type=int, default=5)
+    d = sub.add_parser("demo", help="start everything, enrol a person and stream a clip (no data of ours needed)")
+    d.add_argument("--video", help="stream this video instead of the built-in clip")
+    d.add_argument("--camera", help="stream this camera instead")
+    d.add_argument("--frames", type=int, default=48, help="frames of the built-in clip")
+    d.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear one-line error for the user, not a traceback
+        import grpc
+
+        if isinstance(exc, grpc.RpcError):
+            print(f"mobidem {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

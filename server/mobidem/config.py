@@ -1,0 +1,83 @@
+"""Server configuration: defaults, then a YAML file, then MOBIDEM_* environment variables, then flags.
+
+Every field of :class:`Settings` can be set in all three places: ``listen: ...`` in the file,
+``MOBIDEM_LISTEN=...`` in the environment, ``--listen ...`` on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from mobidem.errors import InvalidArgument
+
+
+def _default_repository() -> str:
+    return str(Path(__file__).resolve().parents[2] / "model_repository")
+
+
+@dataclass
+class Settings:
+    listen: str = "127.0.0.1:50051"            # gRPC address
+    data_dir: str = "~/.local/share/mobidem"   # gallery database, managed Triton's work files
+    triton_url: str = ""                       # external Triton (host:port, gRPC); empty: start the managed one
+    model_repository: str = dataclasses.field(default_factory=_default_repository)
+    triton_start_timeout_s: float = 180.0
+    detector: str = "auto"                     # auto | blazeface_short | blazeface_full
+    face_model: str = "face_multitask"
+    operating_point: str = "far_1e-3"          # default verification threshold
+    calibration: str = ""                      # calibration JSON; empty: the one shipped with mobidem
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_image_side: int = 8192
+    max_image_pixels: int = 40_000_000
+    default_in_flight: int = 4                 # frames held per stream when the client does not say
+    max_in_flight: int = 32
+    image_threads: int = 2
+    log_level: str = "INFO"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(os.path.expanduser(self.data_dir))
+
+
+def _coerce(field: dataclasses.Field, value, source: str):
+    kind = field.type if isinstance(field.type, type) else {"int": int, "float": float, "str": str}.get(field.type, str)
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"{source}: {field.name} must be {kind.__name__}, got {value!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file with settings")
+    for f in fields(Settings):
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                            help=f"(env MOBIDEM_{f.name.upper()})")
+
+
+def load(args: argparse.Namespace | None = None, environ: dict | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    values: dict = {}
+    config_file = getattr(args, "config", None) or environ.get("MOBIDEM_CONFIG")
+    known = {f.name: f for f in fields(Settings)}
+    if config_file:
+        data = yaml.safe_load(Path(config_file).read_text()) or {}
+        if not isinstance(data, dict):
+            raise InvalidArgument(f"{config_file}: expected a mapping of settings")
+        unknown = set(data) - set(known)
+        if unknown:
+            raise InvalidArgument(f"{config_file}: unknown settings {sorted(unknown)}; known: {sorted(known)}")
+        values.update({k: _coerce(known[k], v, config_file) for k, v in data.items()})
+    for name, f in known.items():
+        env = environ.get(f"MOBIDEM_{name.upper()}")
+        if env is not None:
+            values[name] = _coerce(f, env, f"MOBIDEM_{name.upper()}")
+        flag = getattr(args, name, None) if args is not None else None
+        if flag is not None:
+            values[name] = _coerce(f, flag, f"--{name.replace('_', '-')}")
+    return Settings(**values)

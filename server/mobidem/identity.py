@@ -1,0 +1,125 @@
+"""Identities: enrolment, 1:1 verification and 1:N identification over the pipeline and the gallery.
+
+Transport-agnostic. Every decision carries the distance, the threshold and the calibrated
+operating point it was taken at. Embeddings are compared only with templates made by the same
+face model name and version; others are reported as needing re-enrolment, never compared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from mobidem import calibration
+from mobidem.errors import FailedPrecondition, InvalidArgument, NotFound
+from mobidem.gallery import Gallery, TemplateIn
+from mobidem.pipeline import FaceResult, Match, Pipeline
+
+Loader = Callable[[], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Decision:
+    match: bool
+    distance: float
+    threshold: float
+    operating_point: str
+    far_target: float
+    embedder: str
+    request_id: str
+
+
+class IdentityService:
+    def __init__(self, gallery: Gallery, pipeline: Pipeline, points: calibration.Calibration,
+                 default_operating_point: str = "far_1e-3"):
+        self.gallery = gallery
+        self.pipeline = pipeline
+        self.points = points
+        self.default_operating_point = default_operating_point
+        self.point(default_operating_point)  # fail at start on a bad name
+        self.model_name = pipeline.config.face_model
+        self.model_version = ""  # learnt from Triton on first use
+
+    def point(self, name: str) -> calibration.OperatingPoint:
+        name = name or self.default_operating_point
+        try:
+            return self.points.operating_points[name]
+        except KeyError:
+            raise InvalidArgument(
+                f"unknown operating point {name!r}; calibrated: {sorted(self.points.operating_points)}"
+            ) from None
+
+    async def _embed_one(self, load: Loader, what: str, face_index: int | None = None) -> np.ndarray:
+        image = await self.pipeline._run(load)
+        faces, embedder = await self.pipeline.embed_faces(image)
+        self.model_version = embedder.split(":", 1)[1]
+        if not faces:
+            raise InvalidArgument(f"{what}: no face found; send a photo with the face clearly visible")
+        if face_index is None:
+            if len(faces) > 1:
+                raise InvalidArgument(
+                    f"{what}: {len(faces)} faces found; send a photo of one person or set face_index "
+                    f"(0 = the largest face)"
+                )
+            face_index = 0
+        if face_index >= len(faces):
+            raise InvalidArgument(f"{what}: face_index {face_index} but only {len(faces)} faces were found")
+        return faces[face_index].embedding
+
+    @property
+    def embedder(self) -> str:
+        return f"{self.model_name}:{self.model_version}"
+
+    async def enroll(self, identity_id: str | None, display_name: str | None, metadata: Mapping[str, str],
+                     loaders: Sequence[Loader], face_index: int | None, idempotency_key: str | None,
+                     request_hash: str | None):
+        if not loaders:
+            raise InvalidArgument("enrolment needs at least one image")
+        embeddings = [await self._embed_one(load, f"images[{i}]", face_index) for i, load in enumerate(loaders)]
+        templates = [TemplateIn(e, self.model_name, self.model_version) for e in embeddings]
+        return await asyncio.to_thread(self.gallery.enroll, identity_id, display_name, dict(metadata), templates,
+                                       idempotency_key, request_hash)
+
+    def match(self, embedding: np.ndarray, top_k: int, operating_point: str = "") -> Match:
+        """The Matcher the pipeline calls for every face (Identify uses it too)."""
+        point = self.point(operating_point)
+        result = self.gallery.search(embedding, k=top_k, model_name=self.model_name,
+                                     model_version=self.model_version)
+        names = {m.identity_id: self._name(m.identity_id) for m in result.matches}
+        candidates = [(m.identity_id, names[m.identity_id], float(m.distance)) for m in result.matches]
+        best = candidates[0] if candidates else None
+        known = best is not None and best[2] <= point.threshold
+        return Match(known=known, identity_id=best[0] if known else "", display_name=best[1] if known else "",
+                     distance=best[2] if best else float("inf"), threshold=point.threshold,
+                     operating_point=point.name, candidates=candidates,
+                     stale_identities=len(result.stale_identities))
+
+    def _name(self, identity_id: str) -> str:
+        identity = self.gallery.get(identity_id)
+        return identity.display_name if identity else ""
+
+    async def identify(self, load: Loader, top_k: int, operating_point: str) -> Match:
+        embedding = await self._embed_one(load, "probe", face_index=0)
+        return await asyncio.to_thread(self.match, embedding, top_k, operating_point)
+
+    async def verify(self, probe: Loader, reference: Loader | None, identity_id: str | None,
+                     operating_point: str) -> Decision:
+        point = self.point(operating_point)
+        a = await self._embed_one(probe, "probe", face_index=0)
+        if reference is not None:
+            distance = float(np.linalg.norm(a - await self._embed_one(reference, "reference image", face_index=0)))
+        else:
+            identity = self.gallery.get(identity_id)
+            if identity is None:
+                raise NotFound(f"identity {identity_id!r} does not exist")
+            distance = self.gallery.distance_to_identity(a, identity_id, self.model_name, self.model_version)
+            if distance is None:
+                raise FailedPrecondition(
+                    f"identity {identity_id!r} has no template from {self.embedder}; re-enrol it"
+                )
+        return Decision(distance <= point.threshold, distance, point.threshold, point.name, point.far_target,
+                        self.embedder, uuid.uuid4().hex)

@@ -1,0 +1,151 @@
+"""Per-stream semantics a camera client can rely on.
+
+- Results come back in sequence order, exactly one per frame: OK, FAILED (that frame only; the
+  stream goes on) or, with latest-frame-wins, DROPPED with the reason.
+- At most ``max_in_flight`` frames of a stream are held (received, result not yet sent). With
+  DROP_POLICY_NONE the stream stops reading when the bound is reached, so gRPC flow control slows
+  the client down; with LATEST_FRAME_WINS the oldest held frame is dropped (its Triton work
+  cancelled) to make room for the newest.
+- Cancelling the stream cancels every frame's work at once.
+
+Transport-agnostic: frames in, results out, as plain objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import AsyncIterator, Awaitable, Callable
+
+from mobidem.errors import InvalidArgument, MobidemError
+
+
+class DropPolicy(IntEnum):  # values match mobidem.v1.DropPolicy
+    NONE = 1
+    LATEST_FRAME_WINS = 2
+
+
+@dataclass
+class StreamFrame:
+    sequence: int
+    payload: object  # whatever the processor needs (the API passes the decoded request)
+    received: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class StreamOutcome:
+    frame: StreamFrame
+    status: str  # "ok", "dropped", "failed"
+    value: object = None  # the processor's result when ok
+    error: MobidemError | None = None
+    drop_reason: str = ""
+
+
+class StreamStats:
+    """In-flight accounting shared by all streams (for metrics and tests)."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.active_streams = 0
+
+
+@dataclass
+class _Entry:
+    frame: StreamFrame
+    task: asyncio.Task | None = None
+    dropped: str = ""
+
+
+class StreamSession:
+    def __init__(self, process: Callable[[StreamFrame], Awaitable[object]], max_in_flight: int,
+                 drop_policy: DropPolicy, stats: StreamStats | None = None, concurrency: int | None = None):
+        self.process = process
+        self.max_in_flight = max(1, max_in_flight)
+        self.drop_policy = drop_policy
+        self.stats = stats or StreamStats()
+        # frames processed at once within this stream (the rest wait their turn in order)
+        self.working = asyncio.Semaphore(concurrency or max(1, min(self.max_in_flight, 4)))
+        self.held: list[_Entry] = []
+        self.room = asyncio.Condition()
+        self.out: asyncio.Queue[_Entry | None] = asyncio.Queue()
+
+    async def _work(self, frame: StreamFrame) -> object:
+        async with self.working:
+            return await self.process(frame)
+
+    async def _read(self, frames: AsyncIterator[StreamFrame]) -> None:
+        last = None
+        try:
+            async for frame in frames:
+                if last is not None and frame.sequence <= last:
+                    raise InvalidArgument(
+                        f"frame sequence numbers must increase within a stream: got {frame.sequence} after {last}"
+                    )
+                last = frame.sequence
+                async with self.room:
+                    if len(self.held) >= self.max_in_flight:
+                        if self.drop_policy == DropPolicy.LATEST_FRAME_WINS:
+                            self._drop_oldest(frame.sequence)
+                        else:
+                            await self.room.wait_for(lambda: len(self.held) < self.max_in_flight)
+                    entry = _Entry(frame, asyncio.ensure_future(self._work(frame)))
+                    self.held.append(entry)
+                    self.stats.in_flight += 1
+                self.out.put_nowait(entry)
+        finally:
+            self.out.put_nowait(None)
+
+    def _drop_oldest(self, newer: int) -> None:
+        for entry in self.held:
+            if not entry.dropped:
+                entry.dropped = f"overload: superseded by frame {newer} (latest-frame-wins)"
+                if entry.task is not None:
+                    entry.task.cancel()
+                self.held.remove(entry)
+                self.stats.in_flight -= 1
+                self.room.notify_all()
+                return
+
+    async def results(self, frames: AsyncIterator[StreamFrame]) -> AsyncIterator[StreamOutcome]:
+        reader = asyncio.ensure_future(self._read(frames))
+        self.stats.active_streams += 1
+        try:
+            while True:
+                entry = await self.out.get()
+                if entry is None:
+                    break
+                yield await self._settle(entry)
+            await reader  # re-raise a protocol error from the reader (e.g. sequence not increasing)
+        finally:
+            self.stats.active_streams -= 1
+            reader.cancel()
+            for entry in self.held:
+                if entry.task is not None:
+                    entry.task.cancel()
+            self.stats.in_flight -= len(self.held)
+            self.held.clear()
+            with contextlib.suppress(BaseException):
+                await reader
+
+    async def _settle(self, entry: _Entry) -> StreamOutcome:
+        frame = entry.frame
+        if not entry.dropped:
+            try:
+                value = await asyncio.shield(entry.task)
+                outcome = StreamOutcome(frame, "ok", value=value)
+            except asyncio.CancelledError:
+                if not entry.dropped:
+                    raise
+            except MobidemError as exc:
+                outcome = StreamOutcome(frame, "failed", error=exc)
+        if entry.dropped:
+            return StreamOutcome(frame, "dropped", drop_reason=entry.dropped)
+        async with self.room:
+            if entry in self.held:
+                self.held.remove(entry)
+                self.stats.in_flight -= 1
+            self.room.notify_all()
+        return outcome
