@@ -119,6 +119,7 @@ class ManagedTriton:
     metrics_port: int = 0
     models: list[str] | None = None  # None: every model in the repository
     log_verbose: int = 0
+    python_path: list[str] | None = None  # import paths for model.py (default: this environment's)
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen | None = field(default=None, init=False)
 
@@ -166,7 +167,7 @@ class ManagedTriton:
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(install.libs), env.get("LD_LIBRARY_PATH", "")]))
-        env[SITE_PACKAGES_ENV] = os.pathsep.join(site_packages())
+        env[SITE_PACKAGES_ENV] = os.pathsep.join(self.python_path or site_packages())
         cmd = self.command(install)
         log.info("starting tritonserver: %s", " ".join(cmd))
         with open(self.log_path, "ab") as logfile:

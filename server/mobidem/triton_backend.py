@@ -51,6 +51,13 @@ class OnnxModel:
     def initialize(self, args: dict) -> None:
         import onnxruntime as ort
 
+        if int(np.__version__.split(".")[0]) >= 2:
+            # With numpy 2 in the stub, this Triton's Python backend returns empty outputs silently.
+            raise pb_utils.TritonModelException(
+                f"numpy {np.__version__} is loaded in the Python backend stub ({np.__file__}); Triton 2.51's "
+                "Python backend returns empty outputs with numpy 2: install numpy<2 in the model environment"
+            )
+
         self.config = json.loads(args["model_config"])
         self.name = args["model_name"]
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")

@@ -70,8 +70,12 @@ class TritonClient:
             raise _translate(model, exc) from None
         except asyncio.TimeoutError:
             raise DeadlineExceeded(f"Triton model {model} did not answer in time") from None
-        arrays = {o: result.as_numpy(o) for o in outputs}
-        for name, value in arrays.items():
+        try:
+            arrays = {o: result.as_numpy(o) for o in outputs}
+        except ValueError:  # tritonclient cannot shape an empty output
+            arrays = {}
+        for name in outputs:
+            value = arrays.get(name)
             if value is None or (value.size == 0 and next(iter(inputs.values())).shape[0] > 0):
                 # the failure mode of numpy 2 inside the Python backend stub: empty outputs, no error
                 raise Unavailable(f"Triton model {model} returned an empty {name!r} output")
