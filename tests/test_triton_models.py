@@ -112,7 +112,7 @@ def _counts(client, model):
 
 
 def test_detector_choice_covers_far_faces_in_1080p(triton, faces):
-    """Short range sees no face in the letterboxed 1080p video; full range (auto's fallback) does."""
+    """Short range sees no face in the letterboxed 1080p video; full range (part of auto) does."""
     from mobidem.pipeline import Pipeline, PipelineConfig
     from mobidem.triton_client import TritonClient
 
@@ -126,7 +126,7 @@ def test_detector_choice_covers_far_faces_in_1080p(triton, faces):
     async def count(detector):
         pipeline = Pipeline(TritonClient(triton.grpc_url), PipelineConfig(detector=detector))
         try:
-            return [len((await pipeline.detect(f))[0]) for f in frames]
+            return [len(await pipeline.detect(f)) for f in frames]
         finally:
             await pipeline.triton.close()
             pipeline.close()
@@ -135,7 +135,7 @@ def test_detector_choice_covers_far_faces_in_1080p(triton, faces):
     full = asyncio.run(count("blazeface_full"))
     auto = asyncio.run(count("auto"))
     assert min(full) >= 1 and sum(full) >= 15, full
-    assert auto == full
+    assert all(a >= f for a, f in zip(auto, full)), (auto, full)
 
 
 def test_numpy2_in_the_stub_is_caught(triton, model_repository, tmp_path):

@@ -77,10 +77,28 @@ class Analysis:
 
 
 @dataclass(frozen=True)
+class DetectorPass:
+    spec: blazeface.DetectorSpec
+    score_threshold: float
+    margin: float = 0.0  # empty border around the letterboxed image, as a fraction of its longer side
+    tile: int = 0  # >0: run on square tiles of this side (one batched call), for images over twice as large
+
+
+# Chosen by measurement on the shared data (docs/ACCURACY.md, "Detection"): the short-range model
+# with a 10 % margin finds near and frame-filling faces; the full-range model finds the small far
+# ones, and on 640 px tiles of large frames the faces that letterboxing a 1080p frame shrinks away;
+# merged by weighted NMS they miss fewest faces with no false face on noface/.
+DETECTOR_PASSES = {
+    "blazeface_short": (DetectorPass(blazeface.SHORT_RANGE, 0.6, margin=0.1),),
+    "blazeface_full": (DetectorPass(blazeface.FULL_RANGE, 0.3), DetectorPass(blazeface.FULL_RANGE, 0.3, tile=640)),
+}
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
-    detector: str = "auto"  # "blazeface_short", "blazeface_full", or "auto": short, then full if it finds none
+    detector: str = "auto"  # "blazeface_short", "blazeface_full", or "auto": both, merged
     face_model: str = "face_multitask"
-    score_threshold: float = 0.5
+    min_face_px: int = 16  # smaller detections are noise: too small to embed or to trust
     max_faces: int = 32
     threads: int = 2
 
@@ -93,39 +111,56 @@ class Pipeline:
         self.matcher = matcher
         self.pool = ThreadPoolExecutor(max(1, config.threads), thread_name_prefix="mobidem-image")
         if config.detector == "auto":
-            self.detectors = [blazeface.SHORT_RANGE, blazeface.FULL_RANGE]
-        elif config.detector in blazeface.SPECS:
-            self.detectors = [blazeface.SPECS[config.detector]]
+            self.detectors = [p for passes in DETECTOR_PASSES.values() for p in passes]
+        elif config.detector in DETECTOR_PASSES:
+            self.detectors = list(DETECTOR_PASSES[config.detector])
         else:
-            raise ValueError(f"unknown detector {config.detector!r}; choose auto, {', '.join(blazeface.SPECS)}")
+            raise ValueError(f"unknown detector {config.detector!r}; choose auto, {', '.join(DETECTOR_PASSES)}")
 
     @property
     def models(self) -> list[str]:
-        return [d.name for d in self.detectors] + [self.config.face_model]
+        return list(dict.fromkeys(d.spec.name for d in self.detectors)) + [self.config.face_model]
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
-    async def detect(self, image: np.ndarray) -> tuple[list[blazeface.Detection], str]:
-        for spec in self.detectors:
-            boxed, lb = await self._run(blazeface.letterbox, image, spec.input_size)
-            out = await self.triton.infer(spec.name, {"image": boxed[None]}, ["regressors", "scores"])
-            found = blazeface.decode(out["regressors"][0], out["scores"][0], spec, lb,
-                                     score_threshold=self.config.score_threshold)
-            if found:
-                return found, spec.name
-        return [], self.detectors[-1].name
+    async def _detect_pass(self, image: np.ndarray, p: DetectorPass) -> list[blazeface.Detection]:
+        h, w = image.shape[:2]
+        if p.tile and max(h, w) <= 2 * p.tile:
+            return []
+        tiles = blazeface.tile_grid(w, h, p.tile, p.tile // 5) if p.tile else [(0, 0, w, h)]
+        batch, boxes = await self._run(_letterbox_tiles, image, tiles, p.spec.input_size, p.margin)
+        out = await self.triton.infer(p.spec.name, {"image": batch}, ["regressors", "scores"])
+        found = []
+        for i, ((x0, y0, _, _), lb) in enumerate(zip(tiles, boxes)):
+            found += [blazeface.shifted(d, x0, y0) if (x0 or y0) else d for d in blazeface.decode(
+                out["regressors"][i], out["scores"][i], p.spec, lb, score_threshold=p.score_threshold)]
+        return found
+
+    async def detect(self, image: np.ndarray) -> list[blazeface.Detection]:
+        """Every face at least ``min_face_px`` wide, highest score first."""
+        passes = await asyncio.gather(*(self._detect_pass(image, p) for p in self.detectors))
+        found = [d for detections in passes for d in detections]
+        if len(passes) > 1 and found:
+            merged = blazeface.weighted_nms(np.array([d.box for d in found]), np.array([d.score for d in found]),
+                                            np.array([d.keypoints for d in found]), blazeface.SHORT_RANGE.iou_threshold)
+            found = [blazeface.Detection(box, score, kps) for box, score, kps in merged]
+        return [d for d in found if min(d.width, d.height) >= self.config.min_face_px]
+
+    async def detector_versions(self) -> list[tuple[str, str, str]]:
+        names = dict.fromkeys(p.spec.name for p in self.detectors)
+        return [("detector", name, await self.triton.model_version(name)) for name in names]
 
     async def analyze(self, load: Callable[[], np.ndarray], tasks: frozenset[Task] = ALL_TASKS,
                       min_face_size: int = 0, top_k: int = 1) -> Analysis:
         t0 = time.perf_counter()
         image = await self._run(load)
         t1 = time.perf_counter()
-        detections, detector = await self.detect(image)
+        detections = await self.detect(image)
         detections = [d for d in detections if min(d.width, d.height) >= min_face_size][: self.config.max_faces]
         t2 = time.perf_counter()
         faces = [FaceResult(d.box, d.keypoints, float(d.score)) for d in detections]
-        models = [("detector", detector, await self.triton.model_version(detector))]
+        models = await self.detector_versions()
         timings = {"decode": t1 - t0, "detect": t2 - t1, "align": 0.0, "embed": 0.0, "match": 0.0}
         if faces and (Task.IDENTIFY in tasks or Task.EXPRESSION in tasks):
             chips = await self._run(_chips, image, detections)
@@ -147,7 +182,7 @@ class Pipeline:
 
     async def embed_faces(self, image: np.ndarray) -> tuple[list[FaceResult], str]:
         """Detect and embed every face of one image, largest first (for enrolment and verification)."""
-        detections, _ = await self.detect(image)
+        detections = await self.detect(image)
         detections.sort(key=lambda d: d.area, reverse=True)
         faces = [FaceResult(d.box, d.keypoints, float(d.score)) for d in detections[: self.config.max_faces]]
         if faces:
@@ -160,6 +195,11 @@ class Pipeline:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _letterbox_tiles(image: np.ndarray, tiles, size: int, margin: float):
+    boxed = [blazeface.letterbox(image[y0:y1, x0:x1], size, margin) for x0, y0, x1, y1 in tiles]
+    return np.stack([b for b, _ in boxed]), [lb for _, lb in boxed]
 
 
 def _chips(image: np.ndarray, detections: list[blazeface.Detection]) -> np.ndarray:

@@ -4,8 +4,9 @@
   stream goes on) or, with latest-frame-wins, DROPPED with the reason.
 - At most ``max_in_flight`` frames of a stream are held (received, result not yet sent). With
   DROP_POLICY_NONE the stream stops reading when the bound is reached, so gRPC flow control slows
-  the client down; with LATEST_FRAME_WINS the oldest held frame is dropped (its Triton work
-  cancelled) to make room for the newest.
+  the client down; with LATEST_FRAME_WINS the oldest frame still waiting for a worker is dropped to
+  make room for the newest (work already started is finished, not wasted; only with
+  max_in_flight = 1 is the frame in progress cancelled).
 - Cancelling the stream cancels every frame's work at once.
 
 Transport-agnostic: frames in, results out, as plain objects.
@@ -57,6 +58,7 @@ class _Entry:
     frame: StreamFrame
     task: asyncio.Task | None = None
     dropped: str = ""
+    started: bool = False
 
 
 class StreamSession:
@@ -66,15 +68,20 @@ class StreamSession:
         self.max_in_flight = max(1, max_in_flight)
         self.drop_policy = drop_policy
         self.stats = stats or StreamStats()
-        # frames processed at once within this stream (the rest wait their turn in order)
-        self.working = asyncio.Semaphore(concurrency or max(1, min(self.max_in_flight, 4)))
+        # frames processed at once within this stream (the rest wait their turn in order); with
+        # latest-frame-wins one held place is kept for a waiting frame that a newer one can replace
+        if concurrency is None:
+            spare = 1 if drop_policy == DropPolicy.LATEST_FRAME_WINS else 0
+            concurrency = max(1, min(self.max_in_flight - spare, 4))
+        self.working = asyncio.Semaphore(concurrency)
         self.held: list[_Entry] = []
         self.room = asyncio.Condition()
         self.out: asyncio.Queue[_Entry | None] = asyncio.Queue()
 
-    async def _work(self, frame: StreamFrame) -> object:
+    async def _work(self, entry: _Entry) -> object:
         async with self.working:
-            return await self.process(frame)
+            entry.started = True
+            return await self.process(entry.frame)
 
     async def _read(self, frames: AsyncIterator[StreamFrame]) -> None:
         last = None
@@ -91,7 +98,8 @@ class StreamSession:
                             self._drop_oldest(frame.sequence)
                         else:
                             await self.room.wait_for(lambda: len(self.held) < self.max_in_flight)
-                    entry = _Entry(frame, asyncio.ensure_future(self._work(frame)))
+                    entry = _Entry(frame)
+                    entry.task = asyncio.ensure_future(self._work(entry))
                     self.held.append(entry)
                     self.stats.in_flight += 1
                 self.out.put_nowait(entry)
@@ -99,7 +107,8 @@ class StreamSession:
             self.out.put_nowait(None)
 
     def _drop_oldest(self, newer: int) -> None:
-        for entry in self.held:
+        waiting = [e for e in self.held if not e.started and not e.dropped]
+        for entry in waiting or self.held:
             if not entry.dropped:
                 entry.dropped = f"overload: superseded by frame {newer} (latest-frame-wins)"
                 if entry.task is not None:

@@ -1,4 +1,5 @@
-"""Reference per-frame results of the face_recognition library's own video example on the Hamilton clip.
+"""Reference results of the face_recognition library: its video example on the Hamilton clip, and faces
+found on multiface/ and noface/.
 
 Reproduces ageitgey/face_recognition's examples/facerec_from_video_file.py: known faces from
 lin-manuel-miranda.png and alex-lacamoire.png (identities/lin_manuel_miranda/facerecognition_1.jpg
@@ -73,7 +74,12 @@ def main() -> None:
             names = [n for n, k in known.items() if np.linalg.norm(k - enc) <= TOLERANCE]
             faces.append({"box": [r.left(), r.top(), r.right(), r.bottom()], "name": names[0] if names else None})
         frames.append({"sequence": len(frames) + 1, "faces": faces})
-    out = {"video": VIDEO, "known": KNOWN, "tolerance": TOLERANCE, "detector": "dlib HOG, upsample 1",
+    still = {}
+    for kind in ("multiface", "noface"):
+        for path in sorted((args.data / kind).glob("*.jpg")):
+            rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+            still[f"{kind}/{path.name}"] = len(lib.locations(rgb))
+    out = {"images_faces_found": still, "video": VIDEO, "known": KNOWN, "tolerance": TOLERANCE, "detector": "dlib HOG, upsample 1",
            "dlib_version": dlib.__version__, "frames": frames}
     (HERE / "hamilton_facerec.json").write_text(json.dumps(out, indent=1) + "\n")
     print(f"{len(frames)} frames, faces in {sum(bool(f['faces']) for f in frames)}, "

@@ -105,16 +105,18 @@ class Letterbox:
         return xy * self.scale + (self.pad_x, self.pad_y)
 
 
-def letterbox(image_rgb: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+def letterbox(image_rgb: np.ndarray, size: int, margin: float = 0.0) -> tuple[np.ndarray, Letterbox]:
     """Resize ``image_rgb`` (uint8 HxWx3) to fit a ``size`` square, centred, black borders.
 
+    ``margin`` leaves that fraction of the longer side empty on every side (as if the image had
+    been padded first): BlazeFace misses a face that fills the whole frame.
     Uses INTER_AREA when shrinking and INTER_LINEAR when enlarging. Coordinates map with
     ``Letterbox.to_original`` / ``to_letterbox`` (pixel corners: x_lb = x * scale + pad).
     """
     h, w = image_rgb.shape[:2]
     if h == 0 or w == 0:
         raise ValueError("empty image")
-    s = size / max(h, w)
+    s = size / (max(h, w) * (1.0 + 2.0 * margin))
     nw = min(size, max(1, int(round(w * s))))
     nh = min(size, max(1, int(round(h * s))))
     interp = cv2.INTER_AREA if s < 1.0 else cv2.INTER_LINEAR
@@ -125,6 +127,24 @@ def letterbox(image_rgb: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     # exact per-axis scale of the resize (equal up to rounding); use the mean for a similarity map
     scale = 0.5 * (nw / w + nh / h)
     return out, Letterbox(size, float(scale), float(px), float(py), int(w), int(h))
+
+
+def tile_grid(width: int, height: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """Square tiles (x0, y0, x1, y1) of side ``tile`` covering the image, neighbours overlapping by at
+    least ``overlap`` pixels (so a face smaller than ``overlap`` lies whole inside some tile)."""
+
+    def starts(length: int) -> list[int]:
+        if length <= tile:
+            return [0]
+        n = int(np.ceil((length - overlap) / (tile - overlap)))
+        return [int(round(i * (length - tile) / (n - 1))) for i in range(n)]
+
+    return [(x, y, min(width, x + tile), min(height, y + tile)) for y in starts(height) for x in starts(width)]
+
+
+def shifted(d: "Detection", dx: float, dy: float) -> "Detection":
+    """The detection moved by (dx, dy): from a tile's coordinates to the image's."""
+    return Detection(d.box + np.array([dx, dy, dx, dy]), d.score, d.keypoints + np.array([dx, dy]))
 
 
 def to_input(letterboxed: np.ndarray) -> np.ndarray:
