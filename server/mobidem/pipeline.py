@@ -1,10 +1,11 @@
-"""One frame's way through the models: decode -> detect -> align -> face model -> match.
+"""One frame's way through the plugins: decode -> detect -> align -> face plugins -> match.
 
 Transport-agnostic: takes a function that yields an RGB image and returns plain dataclasses; the
-gRPC layer converts at the edge. Image work (decode, letterbox, warps) runs in a thread pool so
-the event loop only schedules; OpenCV releases the GIL, so two cores work in parallel. Every
-Triton call is an awaitable, so frames of many streams are in Triton at once and its dynamic
-batcher merges them into batches.
+gRPC layer converts at the edge. Which models run is configuration (a ``PluginSet``): this module
+knows the plugin interface, not BlazeFace or dlib. Image work (decode, letterbox, warps) runs in a
+thread pool so the event loop only schedules; OpenCV releases the GIL, so two cores work in
+parallel. Every Triton call is an awaitable, so frames of many streams are in Triton at once and
+its dynamic batcher merges them into batches.
 """
 
 from __future__ import annotations
@@ -14,24 +15,25 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from mobidem.errors import FailedPrecondition
+from mobidem.plugins import Detection, FacePlugin, PluginSet
 from mobidem.triton_client import TritonClient
-from mobidem.vision import blazeface
 from mobidem.vision.align import CHIP_SIZE, align_chip
-
-EXPRESSION_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 
 class Task(IntEnum):  # values match mobidem.v1.Task
     DETECT = 1
     IDENTIFY = 2
     EXPRESSION = 3
+    PLUGINS = 4  # face plugins' extension fields
 
 
 ALL_TASKS = frozenset(Task)
+TASK_FIELDS = {Task.IDENTIFY: "embedding", Task.EXPRESSION: "expression"}
 
 
 @dataclass
@@ -55,16 +57,13 @@ class Matcher(Protocol):
 @dataclass
 class FaceResult:
     box: np.ndarray  # x0, y0, x1, y1 (image pixels)
-    landmarks: np.ndarray  # [6, 2]
+    landmarks: np.ndarray  # [K, 2]
     score: float
     embedding: np.ndarray | None = None
-    expression: np.ndarray | None = None  # probabilities in EXPRESSION_LABELS order
+    expression: np.ndarray | None = None  # probabilities, in expression_labels order
+    expression_labels: tuple[str, ...] = ()
     match: Match | None = None
-    extensions: dict = field(default_factory=dict)
-
-    @property
-    def size(self) -> float:
-        return float(min(self.box[2] - self.box[0], self.box[3] - self.box[1]))
+    extensions: dict[str, Any] = field(default_factory=dict)  # "<plugin>.<field>" -> value
 
 
 @dataclass
@@ -77,133 +76,114 @@ class Analysis:
 
 
 @dataclass(frozen=True)
-class DetectorPass:
-    spec: blazeface.DetectorSpec
-    score_threshold: float
-    margin: float = 0.0  # empty border around the letterboxed image, as a fraction of its longer side
-    tile: int = 0  # >0: run on square tiles of this side (one batched call), for images over twice as large
-
-
-# Chosen by measurement on the shared data (docs/ACCURACY.md, "Detection"): the short-range model
-# with a 10 % margin finds near and frame-filling faces; the full-range model finds the small far
-# ones, and on 640 px tiles of large frames the faces that letterboxing a 1080p frame shrinks away;
-# merged by weighted NMS they miss fewest faces with no false face on noface/.
-DETECTOR_PASSES = {
-    "blazeface_short": (DetectorPass(blazeface.SHORT_RANGE, 0.6, margin=0.1),),
-    "blazeface_full": (DetectorPass(blazeface.FULL_RANGE, 0.3), DetectorPass(blazeface.FULL_RANGE, 0.3, tile=640)),
-}
-
-
-@dataclass(frozen=True)
 class PipelineConfig:
-    detector: str = "auto"  # "blazeface_short", "blazeface_full", or "auto": both, merged
-    face_model: str = "face_multitask"
     min_face_px: int = 16  # smaller detections are noise: too small to embed or to trust
     max_faces: int = 32
     threads: int = 2
 
 
 class Pipeline:
-    def __init__(self, triton: TritonClient, config: PipelineConfig = PipelineConfig(),
+    """Runs a PluginSet against Triton; also the ``Context`` the plugins get."""
+
+    def __init__(self, triton: TritonClient, plugins: PluginSet, config: PipelineConfig = PipelineConfig(),
                  matcher: Matcher | None = None):
         self.triton = triton
+        self.plugins = plugins
         self.config = config
         self.matcher = matcher
         self.pool = ThreadPoolExecutor(max(1, config.threads), thread_name_prefix="mobidem-image")
-        if config.detector == "auto":
-            self.detectors = [p for passes in DETECTOR_PASSES.values() for p in passes]
-        elif config.detector in DETECTOR_PASSES:
-            self.detectors = list(DETECTOR_PASSES[config.detector])
-        else:
-            raise ValueError(f"unknown detector {config.detector!r}; choose auto, {', '.join(DETECTOR_PASSES)}")
+        self.embedder: FacePlugin | None = plugins.filling("embedding")
+
+    # -- the plugins' Context
+
+    async def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        return await self.triton.infer(model, inputs, list(outputs))
+
+    async def run(self, fn: Callable[..., Any], *args) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    # --
 
     @property
     def models(self) -> list[str]:
-        return list(dict.fromkeys(d.spec.name for d in self.detectors)) + [self.config.face_model]
+        return self.plugins.model_names
 
-    async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+    @property
+    def embedder_model(self) -> str:
+        if self.embedder is None:
+            raise FailedPrecondition("no configured face plugin fills `embedding`: identities are unavailable")
+        return self.embedder.models[0].name
 
-    async def _detect_pass(self, image: np.ndarray, p: DetectorPass) -> list[blazeface.Detection]:
-        h, w = image.shape[:2]
-        if p.tile and max(h, w) <= 2 * p.tile:
-            return []
-        tiles = blazeface.tile_grid(w, h, p.tile, p.tile // 5) if p.tile else [(0, 0, w, h)]
-        batch, boxes = await self._run(_letterbox_tiles, image, tiles, p.spec.input_size, p.margin)
-        out = await self.triton.infer(p.spec.name, {"image": batch}, ["regressors", "scores"])
-        found = []
-        for i, ((x0, y0, _, _), lb) in enumerate(zip(tiles, boxes)):
-            found += [blazeface.shifted(d, x0, y0) if (x0 or y0) else d for d in blazeface.decode(
-                out["regressors"][i], out["scores"][i], p.spec, lb, score_threshold=p.score_threshold)]
-        return found
+    async def versions(self, plugins) -> list[tuple[str, str, str]]:
+        out = []
+        for plugin in plugins:
+            role = "detector" if plugin.kind == "detector" else "face_model"
+            for m in plugin.models:
+                out.append((role, m.name, await self.triton.model_version(m.name)))
+        return out
 
-    async def detect(self, image: np.ndarray) -> list[blazeface.Detection]:
-        """Every face at least ``min_face_px`` wide, highest score first."""
-        passes = await asyncio.gather(*(self._detect_pass(image, p) for p in self.detectors))
-        found = [d for detections in passes for d in detections]
-        if len(passes) > 1 and found:
-            merged = blazeface.weighted_nms(np.array([d.box for d in found]), np.array([d.score for d in found]),
-                                            np.array([d.keypoints for d in found]), blazeface.SHORT_RANGE.iou_threshold)
-            found = [blazeface.Detection(box, score, kps) for box, score, kps in merged]
-        return [d for d in found if min(d.width, d.height) >= self.config.min_face_px]
+    async def detect(self, image: np.ndarray, min_face_size: int = 0) -> list[Detection]:
+        """Faces at least ``min_face_px`` (and ``min_face_size``) wide, best first."""
+        found = await self.plugins.detector.detect(image, self)
+        smallest = max(self.config.min_face_px, min_face_size)
+        return [d for d in found if min(d.width, d.height) >= smallest][: self.config.max_faces]
 
-    async def detector_versions(self) -> list[tuple[str, str, str]]:
-        names = dict.fromkeys(p.spec.name for p in self.detectors)
-        return [("detector", name, await self.triton.model_version(name)) for name in names]
+    async def _face_fields(self, image: np.ndarray, detections: list[Detection], plugins: list[FacePlugin],
+                           faces: list[FaceResult]) -> None:
+        chips = await self.run(_chips, image, detections)
+        results = await asyncio.gather(*(p.process(image, detections, chips, self) for p in plugins))
+        for plugin, per_face in zip(plugins, results):
+            for face, values in zip(faces, per_face):
+                for name, value in values.items():
+                    if name == "embedding":
+                        face.embedding = np.asarray(value, np.float32)
+                    elif name == "expression":
+                        face.expression, face.expression_labels = np.asarray(value, np.float32), plugin.labels
+                    else:
+                        face.extensions[f"{plugin.name}.{name}"] = value
+
+    def _wanted(self, tasks: frozenset[Task]) -> list[FacePlugin]:
+        fields = {TASK_FIELDS[t] for t in tasks if t in TASK_FIELDS}
+        return [p for p in self.plugins.face
+                if fields & set(p.fields) or (Task.PLUGINS in tasks and set(p.fields) - set(TASK_FIELDS.values()))]
 
     async def analyze(self, load: Callable[[], np.ndarray], tasks: frozenset[Task] = ALL_TASKS,
                       min_face_size: int = 0, top_k: int = 1) -> Analysis:
         t0 = time.perf_counter()
-        image = await self._run(load)
+        image = await self.run(load)
         t1 = time.perf_counter()
-        detections = await self.detect(image)
-        detections = [d for d in detections if min(d.width, d.height) >= min_face_size][: self.config.max_faces]
+        detections = await self.detect(image, min_face_size)
         t2 = time.perf_counter()
         faces = [FaceResult(d.box, d.keypoints, float(d.score)) for d in detections]
-        models = await self.detector_versions()
+        wanted = self._wanted(tasks) if faces else []
         timings = {"decode": t1 - t0, "detect": t2 - t1, "align": 0.0, "embed": 0.0, "match": 0.0}
-        if faces and (Task.IDENTIFY in tasks or Task.EXPRESSION in tasks):
-            chips = await self._run(_chips, image, detections)
+        if wanted:
+            await self._face_fields(image, detections, wanted, faces)
             t3 = time.perf_counter()
-            out = await self.triton.infer(self.config.face_model, {"chip": chips}, ["embedding", "expression"])
-            t4 = time.perf_counter()
-            models.append(("face_model", self.config.face_model, await self.triton.model_version(self.config.face_model)))
-            for face, emb, expr in zip(faces, out["embedding"], out["expression"]):
-                face.embedding = emb
-                if Task.EXPRESSION in tasks:
-                    face.expression = expr
             if Task.IDENTIFY in tasks and self.matcher is not None:
                 for face in faces:
-                    face.match = self.matcher.match(face.embedding, max(1, top_k))
-            t5 = time.perf_counter()
-            timings.update(align=t3 - t2, embed=t4 - t3, match=t5 - t4)
+                    if face.embedding is not None:
+                        face.match = self.matcher.match(face.embedding, max(1, top_k))
+            timings.update(embed=t3 - t2, match=time.perf_counter() - t3)
         timings["total"] = time.perf_counter() - t0
+        models = await self.versions([self.plugins.detector, *wanted])
         return Analysis(image.shape[1], image.shape[0], faces, models, {k: v * 1000 for k, v in timings.items()})
 
     async def embed_faces(self, image: np.ndarray) -> tuple[list[FaceResult], str]:
         """Detect and embed every face of one image, largest first (for enrolment and verification)."""
-        detections = await self.detect(image)
-        detections.sort(key=lambda d: d.area, reverse=True)
-        faces = [FaceResult(d.box, d.keypoints, float(d.score)) for d in detections[: self.config.max_faces]]
+        model = self.embedder_model
+        detections = sorted(await self.detect(image), key=lambda d: d.area, reverse=True)
+        faces = [FaceResult(d.box, d.keypoints, float(d.score)) for d in detections]
         if faces:
-            chips = await self._run(_chips, image, detections[: len(faces)])
-            out = await self.triton.infer(self.config.face_model, {"chip": chips}, ["embedding", "expression"])
-            for face, emb in zip(faces, out["embedding"]):
-                face.embedding = emb
-        version = await self.triton.model_version(self.config.face_model)
-        return faces, f"{self.config.face_model}:{version}"
+            await self._face_fields(image, detections, [self.embedder], faces)
+        return faces, f"{model}:{await self.triton.model_version(model)}"
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _letterbox_tiles(image: np.ndarray, tiles, size: int, margin: float):
-    boxed = [blazeface.letterbox(image[y0:y1, x0:x1], size, margin) for x0, y0, x1, y1 in tiles]
-    return np.stack([b for b, _ in boxed]), [lb for _, lb in boxed]
-
-
-def _chips(image: np.ndarray, detections: list[blazeface.Detection]) -> np.ndarray:
+def _chips(image: np.ndarray, detections: list[Detection]) -> np.ndarray:
     chips = np.empty((len(detections), CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
     for i, d in enumerate(detections):
-        chips[i] = align_chip(image, d.keypoints)[0]
+        chips[i] = align_chip(image, d.keypoints[:6])[0]
     return chips

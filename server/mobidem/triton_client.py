@@ -55,6 +55,9 @@ class TritonClient:
             self._versions[model] = max(meta.versions, key=int) if meta.versions else ""
         return self._versions[model]
 
+    async def metadata(self, model: str) -> dict:
+        return await self.client.get_model_metadata(model, as_json=True, client_timeout=5)
+
     async def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
                     timeout_s: float | None = None) -> dict[str, np.ndarray]:
         tensors = []

@@ -7,7 +7,7 @@ from functools import partial
 import numpy as np
 
 from mobidem.imaging import ImageLimits, InvalidImage, decode_encoded, decode_raw
-from mobidem.pipeline import ALL_TASKS, EXPRESSION_LABELS, Analysis, FaceResult, Match, Task
+from mobidem.pipeline import ALL_TASKS, Analysis, FaceResult, Match, Task
 from mobidem.v1 import mobidem_pb2 as pb
 
 
@@ -26,7 +26,7 @@ def tasks(values) -> frozenset[Task]:
     chosen = set()
     for v in values:
         if v not in (t.value for t in Task):
-            raise InvalidImage(f"unknown task {v}; use TASK_DETECT, TASK_IDENTIFY or TASK_EXPRESSION")
+            raise InvalidImage(f"unknown task {v}; use TASK_DETECT, TASK_IDENTIFY, TASK_EXPRESSION or TASK_PLUGINS")
         chosen.add(Task(v))
     return frozenset(chosen) or ALL_TASKS
 
@@ -62,9 +62,9 @@ def face_pb(face: FaceResult) -> pb.Face:
     if face.expression is not None:
         best = int(np.argmax(face.expression))
         out.expression.CopyFrom(pb.Expression(
-            label=EXPRESSION_LABELS[best], confidence=float(face.expression[best]),
-            probabilities=[pb.ClassProbability(label=l, probability=float(p))
-                           for l, p in zip(EXPRESSION_LABELS, face.expression)],
+            label=face.expression_labels[best], confidence=float(face.expression[best]),
+            probabilities=[pb.ClassProbability(label=label, probability=float(p))
+                           for label, p in zip(face.expression_labels, face.expression)],
         ))
     for key, value in face.extensions.items():
         out.extensions[key].CopyFrom(_plugin_value(value))

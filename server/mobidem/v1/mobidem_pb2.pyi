@@ -25,6 +25,7 @@ class Task(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_DETECT: _ClassVar[Task]
     TASK_IDENTIFY: _ClassVar[Task]
     TASK_EXPRESSION: _ClassVar[Task]
+    TASK_PLUGINS: _ClassVar[Task]
 
 class DropPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -41,6 +42,7 @@ TASK_UNSPECIFIED: Task
 TASK_DETECT: Task
 TASK_IDENTIFY: Task
 TASK_EXPRESSION: Task
+TASK_PLUGINS: Task
 DROP_POLICY_UNSPECIFIED: DropPolicy
 DROP_POLICY_NONE: DropPolicy
 DROP_POLICY_LATEST_FRAME_WINS: DropPolicy

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from mobidem.plugins import Detection
+
 __all__ = [
     "KEYPOINT_NAMES",
     "Letterbox",
@@ -156,23 +158,7 @@ def to_input(letterboxed: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- decode
-@dataclass(frozen=True)
-class Detection:
-    box: np.ndarray  # float [4] x0, y0, x1, y1 in original image pixels
-    score: float
-    keypoints: np.ndarray  # float [6, 2] (x, y) in original image pixels, order KEYPOINT_NAMES
-
-    @property
-    def width(self) -> float:
-        return float(self.box[2] - self.box[0])
-
-    @property
-    def height(self) -> float:
-        return float(self.box[3] - self.box[1])
-
-    @property
-    def area(self) -> float:
-        return max(0.0, self.width) * max(0.0, self.height)
+# Detection (box, score, keypoints in image pixels) is the plugin interface's type.
 
 
 def _iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:

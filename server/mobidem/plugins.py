@@ -1,0 +1,201 @@
+"""The plugin interface: how a model joins the server without the server changing.
+
+A plugin brings one or more Triton models (their repository folders and their build step) and the
+pre- and post-processing that turns frames or face crops into tensors and tensors into result
+fields. Two kinds:
+
+- ``DetectorPlugin``: a frame in, faces (box, keypoints, score) out. Exactly one runs per frame.
+- ``FacePlugin``: aligned face chips (or the frame and its detections) in, per-face fields out.
+  Standard fields have a typed place in the result: ``embedding`` (matched against the gallery)
+  and ``expression`` (class probabilities, labels in ``labels``). Any other field goes into the
+  face's ``extensions`` map as ``"<plugin>.<field>"`` (a number, a vector, points or text), so a
+  new plugin needs no proto change.
+
+Plugins are found through the ``mobidem.plugins`` entry-point group (``name = "module:Class"``).
+The pipeline to run is configuration (``detector``, ``face_plugins``) and is validated at start:
+unknown plugin, a model whose I/O differs from what Triton serves, two plugins filling one field.
+Plugins know this interface, numpy and OpenCV; never gRPC, protobuf or the gallery.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, ClassVar, Protocol, Sequence
+
+import numpy as np
+
+from mobidem.errors import FailedPrecondition
+
+ENTRY_POINT_GROUP = "mobidem.plugins"
+STANDARD_FIELDS = ("embedding", "expression")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # Triton datatype: UINT8, FP32, ...
+    shape: tuple[int, ...]  # without the batch dimension
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A Triton model a plugin calls, as the plugin expects it to be served."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class Detection:
+    box: np.ndarray  # float [4] x0, y0, x1, y1 in image pixels
+    score: float
+    keypoints: np.ndarray  # float [K, 2]; the first four: right eye, left eye, nose tip, mouth centre
+
+    @property
+    def width(self) -> float:
+        return float(self.box[2] - self.box[0])
+
+    @property
+    def height(self) -> float:
+        return float(self.box[3] - self.box[1])
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.width) * max(0.0, self.height)
+
+
+class Context(Protocol):
+    """What the host gives a plugin to do its work."""
+
+    async def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """Run a Triton model (batched by Triton with other frames' and streams' requests)."""
+
+    async def run(self, fn: Callable[..., Any], *args) -> Any:
+        """Run CPU work (OpenCV, numpy) off the event loop, in the host's thread pool."""
+
+
+class Plugin:
+    name: ClassVar[str]
+    kind: ClassVar[str]
+    models: ClassVar[tuple[ModelSpec, ...]] = ()
+    # The folder that holds this plugin's Triton model folders; None: the server's model_repository.
+    repository: ClassVar[Path | None] = None
+
+    def build_targets(self) -> list:
+        """The plugin's model build step: ``mobidem.modelbuild.Target`` objects."""
+        return []
+
+
+class DetectorPlugin(Plugin):
+    kind = "detector"
+
+    async def detect(self, image: np.ndarray, ctx: Context) -> list[Detection]:
+        """Faces in an RGB uint8 image, best first."""
+        raise NotImplementedError
+
+
+class FacePlugin(Plugin):
+    kind = "face"
+    fields: ClassVar[tuple[str, ...]] = ()
+    labels: ClassVar[tuple[str, ...]] = ()  # class labels of the ``expression`` field
+
+    async def process(self, image: np.ndarray, faces: Sequence[Detection], chips: np.ndarray,
+                      ctx: Context) -> list[dict[str, Any]]:
+        """Per face, field -> value. ``chips``: uint8 [N,150,150,3] aligned like dlib's chips.
+
+        The default runs ``preprocess`` (in the thread pool), the plugin's first model, and
+        ``postprocess``.
+        """
+        inputs = await ctx.run(self.preprocess, image, faces, chips)
+        model = self.models[0]
+        outputs = await ctx.infer(model.name, inputs, [o.name for o in model.outputs])
+        return self.postprocess(outputs, image, faces)
+
+    def preprocess(self, image: np.ndarray, faces: Sequence[Detection], chips: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def postprocess(self, outputs: dict[str, np.ndarray], image: np.ndarray,
+                    faces: Sequence[Detection]) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+
+class PluginError(FailedPrecondition):
+    """A configuration of plugins that cannot run; the message names the plugin and the problem."""
+
+
+def available() -> dict[str, md.EntryPoint]:
+    return {ep.name: ep for ep in md.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def load(name: str) -> Plugin:
+    eps = available()
+    if name not in eps:
+        raise PluginError(f"unknown plugin {name!r}: installed plugins are {sorted(eps)} "
+                          f"(entry-point group {ENTRY_POINT_GROUP!r})")
+    try:
+        cls = eps[name].load()
+    except Exception as exc:
+        raise PluginError(f"plugin {name!r} failed to import: {exc}") from exc
+    plugin = cls()
+    if plugin.name != name:
+        raise PluginError(f"plugin entry point {name!r} loads a plugin named {plugin.name!r}")
+    return plugin
+
+
+@dataclass(frozen=True)
+class PluginSet:
+    detector: DetectorPlugin
+    face: tuple[FacePlugin, ...]
+
+    @classmethod
+    def from_config(cls, detector: str, face_plugins: Sequence[str]) -> "PluginSet":
+        det = load(detector)
+        if not isinstance(det, DetectorPlugin):
+            raise PluginError(f"plugin {detector!r} is a {det.kind} plugin; `detector` needs a detector plugin")
+        faces = []
+        owner: dict[str, str] = {}
+        for name in face_plugins:
+            plugin = load(name)
+            if not isinstance(plugin, FacePlugin):
+                raise PluginError(f"plugin {name!r} is a {plugin.kind} plugin; `face_plugins` needs face plugins")
+            for f in plugin.fields:
+                if f in owner:
+                    raise PluginError(f"plugins {owner[f]!r} and {name!r} both fill the field {f!r}; configure one")
+                owner[f] = name
+            faces.append(plugin)
+        return cls(det, tuple(faces))
+
+    @property
+    def plugins(self) -> tuple[Plugin, ...]:
+        return (self.detector, *self.face)
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(dict.fromkeys(m.name for p in self.plugins for m in p.models))
+
+    def filling(self, field: str) -> FacePlugin | None:
+        return next((p for p in self.face if field in p.fields), None)
+
+    def repositories(self) -> list[Path]:
+        return list(dict.fromkeys(p.repository for p in self.plugins if p.repository is not None))
+
+
+def check_io(plugin: Plugin, served: dict[str, dict]) -> None:
+    """Compare a plugin's ModelSpecs with Triton's model metadata ({model: metadata-as-json})."""
+    for spec in plugin.models:
+        meta = served.get(spec.name)
+        if meta is None:
+            raise PluginError(f"plugin {plugin.name!r}: Triton does not serve its model {spec.name!r}")
+        for direction, wanted in (("inputs", spec.inputs), ("outputs", spec.outputs)):
+            have = {t["name"]: (t["datatype"], tuple(int(d) for d in t["shape"])[1:]) for t in meta.get(direction, [])}
+            for t in wanted:
+                got = have.get(t.name)
+                if got != (t.dtype, t.shape):
+                    shown = f"{got[0]} {list(got[1])}" if got else "absent"
+                    raise PluginError(
+                        f"plugin {plugin.name!r}: model {spec.name!r} {direction[:-1]} {t.name!r} is "
+                        f"{t.dtype} {list(t.shape)} for the plugin but {shown} in Triton's config"
+                    )
