@@ -6,12 +6,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test setup models protos check-protos system-deps clean
+.PHONY: demo test setup models protos check-protos system-deps test-system-deps clean
 
 demo: setup models
 	$(VENV)/bin/mobidem demo
 
-test: setup models check-protos
+test: setup test-system-deps models check-protos
 	$(PY) -m pytest -q
 
 setup: system-deps $(VENV)/.installed
@@ -22,6 +22,14 @@ system-deps:
 	  echo "installing Debian's libpython3.11 (the Triton Python backend stub links it)"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libpython3.11 >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq libpython3.11 >/dev/null; fi; \
+	fi
+
+# The observability tests run a real Prometheus (and promtool) from Debian.
+test-system-deps:
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+	  echo "installing Debian's prometheus (for the observability tests)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; fi; \
 	fi
 
 $(VENV)/.installed: pyproject.toml requirements/weights.txt requirements/test.txt requirements/demo.txt

@@ -93,7 +93,8 @@ def start_server(triton, tmp_path_factory):
 
     def start(**overrides) -> RunningServer:
         env = {"MOBIDEM_DATA_DIR": str(tmp_path_factory.mktemp("data")), "MOBIDEM_LISTEN": "127.0.0.1:0",
-               "MOBIDEM_TRITON_URL": triton.grpc_url}
+               "MOBIDEM_TRITON_URL": triton.grpc_url, "MOBIDEM_METRICS_LISTEN": "127.0.0.1:0",
+               "MOBIDEM_TRITON_METRICS_PORT": "0"}
         env.update({f"MOBIDEM_{k.upper()}": str(v) for k, v in overrides.items()})
         server = RunningServer(config.load(None, environ=env))
         started.append(server)

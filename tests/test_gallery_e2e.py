@@ -184,7 +184,7 @@ def _spawn_server(data: Path, triton_url: str, log: Path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, MOBIDEM_DATA_DIR=str(data), MOBIDEM_TRITON_URL=triton_url,
-               MOBIDEM_LISTEN=f"127.0.0.1:{port}")
+               MOBIDEM_LISTEN=f"127.0.0.1:{port}", MOBIDEM_METRICS_LISTEN="127.0.0.1:0")
     proc = subprocess.Popen([sys.executable, "-m", "mobidem.cli", "serve"], env=env,
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60

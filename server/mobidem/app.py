@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mobidem import calibration
 from mobidem.api.analysis import FaceAnalysisServicer
-from mobidem.api.errors import ErrorInterceptor
+from mobidem.api.errors import ObservingInterceptor
 from mobidem.api.gallery import GalleryServicer
 from mobidem.config import Settings
 from mobidem.errors import Unavailable
@@ -22,6 +22,7 @@ from mobidem.gallery import Gallery
 from mobidem.identity import IdentityService
 from mobidem.imaging import ImageLimits
 from mobidem.managed_triton import ManagedTriton
+from mobidem.metrics import Metrics, serve_http
 from mobidem.pipeline import Pipeline, PipelineConfig
 from mobidem.plugins import PluginSet, check_io
 from mobidem.streaming import StreamStats
@@ -41,7 +42,12 @@ class MobidemServer:
         self.server: grpc.aio.Server | None = None
         self.health = HealthServicer()
         self.stats = StreamStats()
+        self.metrics = Metrics()
         self.port: int | None = None
+        self.metrics_port: int | None = None
+        self.ready = False
+        self._http = None
+        self._monitor: asyncio.Task | None = None
 
     async def start(self) -> "MobidemServer":
         s = self.settings
@@ -53,12 +59,13 @@ class MobidemServer:
         url = s.triton_url
         if not url:
             self.managed = ManagedTriton([Path(s.model_repository), *plugins.repositories()], data / "triton",
-                                         models=plugins.model_names)
+                                         grpc_port=s.triton_grpc_port, http_port=s.triton_http_port,
+                                         metrics_port=s.triton_metrics_port, models=plugins.model_names)
             await asyncio.to_thread(self.managed.start, s.triton_start_timeout_s)
             url = self.managed.grpc_url
             log.info("managed Triton ready on %s (metrics on 127.0.0.1:%d)", url, self.managed.metrics_port)
-        self.triton = TritonClient(url)
-        self.pipeline = Pipeline(self.triton, plugins, PipelineConfig(threads=s.image_threads))
+        self.triton = TritonClient(url, metrics=self.metrics)
+        self.pipeline = Pipeline(self.triton, plugins, PipelineConfig(threads=s.image_threads), metrics=self.metrics)
         if not await self.triton.ready(self.pipeline.models):
             raise Unavailable(f"Triton at {url} is not ready with models {self.pipeline.models}")
         served = {m: await self.triton.metadata(m) for m in self.pipeline.models}
@@ -66,7 +73,9 @@ class MobidemServer:
             check_io(plugin, served)
         self.gallery = await asyncio.to_thread(Gallery.open, str(data / "gallery.db"))
         points = calibration.load(s.calibration or DEFAULT_CALIBRATION)
-        self.identities = IdentityService(self.gallery, self.pipeline, points, s.operating_point)
+        self.identities = IdentityService(self.gallery, self.pipeline, points, s.operating_point, self.metrics)
+        self.metrics.gallery_identities.set_function(self.gallery.count)
+        self.metrics.gallery_templates.set_function(lambda: len(self.gallery.index))
         if self.pipeline.embedder is not None:
             self.identities.model_version = await self.triton.model_version(self.pipeline.embedder_model)
         self.pipeline.matcher = self.identities
@@ -75,9 +84,10 @@ class MobidemServer:
                              max_pixels=s.max_image_pixels)
         options = [("grpc.max_receive_message_length", s.max_message_bytes + 64 * 1024),
                    ("grpc.max_send_message_length", 64 * 1024 * 1024)]
-        self.server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+        self.server = grpc.aio.server(interceptors=[ObservingInterceptor(self.metrics)], options=options)
         mobidem_pb2_grpc.add_FaceAnalysisServicer_to_server(
-            FaceAnalysisServicer(self.pipeline, limits, s.default_in_flight, s.max_in_flight, self.stats), self.server)
+            FaceAnalysisServicer(self.pipeline, limits, s.default_in_flight, s.max_in_flight, self.stats,
+                                 self.metrics), self.server)
         mobidem_pb2_grpc.add_GalleryServicer_to_server(GalleryServicer(self.identities, limits), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [mobidem_pb2.DESCRIPTOR.services_by_name[n.split(".")[-1]].full_name for n in SERVICES]
@@ -86,16 +96,59 @@ class MobidemServer:
         if not self.port:
             raise Unavailable(f"cannot listen on {s.listen}")
         await self.server.start()
-        for service in ("", *SERVICES):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("mobidem serving gRPC on %s (port %d)", s.listen, self.port)
+        if s.metrics_listen:
+            host, _, port = s.metrics_listen.rpartition(":")
+            self._http, self.metrics_port = serve_http(self.metrics, host or "127.0.0.1", int(port), lambda: self.ready)
+        await self._set_ready(True)
+        self._monitor = asyncio.ensure_future(self._watch_triton())
+        log.info("mobidem serving gRPC on %s (port %d), metrics on %s", s.listen, self.port,
+                 f"{s.metrics_listen.rpartition(':')[0]}:{self.metrics_port}" if self._http else "(off)")
         return self
 
+    async def _set_ready(self, ready: bool) -> None:
+        if ready != self.ready and self._monitor is not None:
+            log.warning("Triton is %s: health %s", "ready" if ready else "NOT ready",
+                        "SERVING" if ready else "NOT_SERVING")
+        self.ready = ready
+        self.metrics.triton_up.set(1 if ready else 0)
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", *SERVICES):
+            await self.health.set(service, status)
+
+    async def _watch_triton(self, interval: float = 1.0) -> None:
+        """Health follows Triton's readiness; a managed Triton that died is restarted with backoff."""
+        backoff = 1.0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if self.managed is not None and not self.managed.running:
+                    await self._set_ready(False)
+                    log.warning("managed Triton exited; restarting in %.0f s", backoff)
+                    await asyncio.sleep(backoff)
+                    try:
+                        await asyncio.to_thread(self.managed.start, self.settings.triton_start_timeout_s)
+                        backoff = 1.0
+                    except Exception as exc:  # noqa: BLE001 - keep trying, with backoff
+                        log.error("restarting Triton failed: %s", exc)
+                        backoff = min(backoff * 2, 30.0)
+                        continue
+                await self._set_ready(await self.triton.ready(self.pipeline.models))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the watcher must not die
+                log.exception("Triton watch failed")
+
     async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting calls, let in-flight ones finish within ``grace`` seconds, then close."""
+        if self._monitor is not None:
+            self._monitor.cancel()
+        self.ready = False
         for service in ("", *SERVICES):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.server is not None:
             await self.server.stop(grace)
+        if self._http is not None:
+            self._http.shutdown()
         if getattr(self, "triton", None) is not None:
             await self.triton.close()
         if getattr(self, "pipeline", None) is not None:

@@ -50,8 +50,10 @@ def _serve(args) -> int:
     from mobidem import config
     from mobidem.app import serve
 
+    from mobidem import logs
+
     settings = config.load(args)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(settings.log_level, settings.log_format)
     asyncio.run(serve(settings))
     return 0
 

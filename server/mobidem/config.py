@@ -38,7 +38,12 @@ class Settings:
     default_in_flight: int = 4                 # frames held per stream when the client does not say
     max_in_flight: int = 32
     image_threads: int = 2
+    metrics_listen: str = "127.0.0.1:9095"    # HTTP /metrics, /healthz, /readyz; empty: off
+    triton_grpc_port: int = 0                  # managed Triton's ports on 127.0.0.1 (0: any free port)
+    triton_http_port: int = 0
+    triton_metrics_port: int = 8002            # Triton's own Prometheus metrics (0: any free port)
     log_level: str = "INFO"
+    log_format: str = "text"                   # text | json
 
     @property
     def face_plugin_names(self) -> list[str]:

@@ -47,7 +47,8 @@ def run_demo(args) -> int:
 
     astronaut = data.astronaut()
     with tempfile.TemporaryDirectory(prefix="mobidem-demo-") as tmp:
-        settings = config.load(None, environ={"MOBIDEM_DATA_DIR": tmp, "MOBIDEM_LISTEN": "127.0.0.1:0"})
+        settings = config.load(None, environ={"MOBIDEM_DATA_DIR": tmp, "MOBIDEM_LISTEN": "127.0.0.1:0",
+                                                    "MOBIDEM_METRICS_LISTEN": "127.0.0.1:0", "MOBIDEM_TRITON_METRICS_PORT": "0"})
         server, loop, started = _start_server(settings)
         try:
             target = f"127.0.0.1:{server.port}"

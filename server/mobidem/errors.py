@@ -35,3 +35,11 @@ class Unavailable(MobidemError):
 
 class DeadlineExceeded(MobidemError):
     pass
+
+
+class Unauthenticated(MobidemError):
+    pass
+
+
+class PermissionDenied(MobidemError):
+    pass

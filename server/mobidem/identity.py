@@ -35,8 +35,9 @@ class Decision:
 
 class IdentityService:
     def __init__(self, gallery: Gallery, pipeline: Pipeline, points: calibration.Calibration,
-                 default_operating_point: str = "far_1e-3"):
+                 default_operating_point: str = "far_1e-3", metrics=None):
         self.gallery = gallery
+        self.metrics = metrics  # mobidem.metrics.Metrics or None
         self.pipeline = pipeline
         self.points = points
         self.default_operating_point = default_operating_point
@@ -104,7 +105,13 @@ class IdentityService:
 
     async def identify(self, load: Loader, top_k: int, operating_point: str) -> Match:
         embedding = await self._embed_one(load, "probe", face_index=0)
-        return await asyncio.to_thread(self.match, embedding, top_k, operating_point)
+        match = await asyncio.to_thread(self.match, embedding, top_k, operating_point)
+        self._decided("identify", "known" if match.known else "unknown")
+        return match
+
+    def _decided(self, kind: str, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.decisions.labels(kind, outcome).inc()
 
     async def verify(self, probe: Loader, reference: Loader | None, identity_id: str | None,
                      operating_point: str) -> Decision:
@@ -121,5 +128,7 @@ class IdentityService:
                 raise FailedPrecondition(
                     f"identity {identity_id!r} has no template from {self.embedder}; re-enrol it"
                 )
-        return Decision(distance <= point.threshold, distance, point.threshold, point.name, point.far_target,
-                        self.embedder, uuid.uuid4().hex)
+        decision = Decision(distance <= point.threshold, distance, point.threshold, point.name, point.far_target,
+                            self.embedder, uuid.uuid4().hex)
+        self._decided("verify", "match" if decision.match else "no_match")
+        return decision

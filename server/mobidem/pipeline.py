@@ -86,8 +86,9 @@ class Pipeline:
     """Runs a PluginSet against Triton; also the ``Context`` the plugins get."""
 
     def __init__(self, triton: TritonClient, plugins: PluginSet, config: PipelineConfig = PipelineConfig(),
-                 matcher: Matcher | None = None):
+                 matcher: Matcher | None = None, metrics=None):
         self.triton = triton
+        self.metrics = metrics  # mobidem.metrics.Metrics or None
         self.plugins = plugins
         self.config = config
         self.matcher = matcher
@@ -129,8 +130,11 @@ class Pipeline:
         return [d for d in found if min(d.width, d.height) >= smallest][: self.config.max_faces]
 
     async def _face_fields(self, image: np.ndarray, detections: list[Detection], plugins: list[FacePlugin],
-                           faces: list[FaceResult]) -> None:
+                           faces: list[FaceResult]) -> float:
+        """Fill the plugins' fields into ``faces``; returns the seconds spent aligning chips."""
+        started = time.perf_counter()
         chips = await self.run(_chips, image, detections)
+        aligned = time.perf_counter() - started
         results = await asyncio.gather(*(p.process(image, detections, chips, self) for p in plugins))
         for plugin, per_face in zip(plugins, results):
             for face, values in zip(faces, per_face):
@@ -141,6 +145,7 @@ class Pipeline:
                         face.expression, face.expression_labels = np.asarray(value, np.float32), plugin.labels
                     else:
                         face.extensions[f"{plugin.name}.{name}"] = value
+        return aligned
 
     def _wanted(self, tasks: frozenset[Task]) -> list[FacePlugin]:
         fields = {TASK_FIELDS[t] for t in tasks if t in TASK_FIELDS}
@@ -158,16 +163,20 @@ class Pipeline:
         wanted = self._wanted(tasks) if faces else []
         timings = {"decode": t1 - t0, "detect": t2 - t1, "align": 0.0, "embed": 0.0, "match": 0.0}
         if wanted:
-            await self._face_fields(image, detections, wanted, faces)
+            align = await self._face_fields(image, detections, wanted, faces)
             t3 = time.perf_counter()
             if Task.IDENTIFY in tasks and self.matcher is not None:
                 for face in faces:
                     if face.embedding is not None:
                         face.match = self.matcher.match(face.embedding, max(1, top_k))
-            timings.update(embed=t3 - t2, match=time.perf_counter() - t3)
+            timings.update(align=align, embed=t3 - t2 - align, match=time.perf_counter() - t3)
         timings["total"] = time.perf_counter() - t0
         models = await self.versions([self.plugins.detector, *wanted])
-        return Analysis(image.shape[1], image.shape[0], faces, models, {k: v * 1000 for k, v in timings.items()})
+        timings_ms = {k: v * 1000 for k, v in timings.items()}
+        if self.metrics is not None:
+            self.metrics.faces_detected.inc(len(faces))
+            self.metrics.observe_timings(timings_ms)
+        return Analysis(image.shape[1], image.shape[0], faces, models, timings_ms)
 
     async def embed_faces(self, image: np.ndarray) -> tuple[list[FaceResult], str]:
         """Detect and embed every face of one image, largest first (for enrolment and verification)."""

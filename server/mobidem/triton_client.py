@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
@@ -20,9 +21,10 @@ _UNAVAILABLE_HINTS = ("UNAVAILABLE", "failed to connect", "Connection refused", 
 class TritonClient:
     """Async inference against a Triton server (managed or external) over gRPC."""
 
-    def __init__(self, url: str, timeout_s: float = 30.0):
+    def __init__(self, url: str, timeout_s: float = 30.0, metrics=None):
         self.url = url
         self.timeout_s = timeout_s
+        self.metrics = metrics  # mobidem.metrics.Metrics or None
         self._client: grpcclient.InferenceServerClient | None = None
         self._versions: dict[str, str] = {}
 
@@ -66,13 +68,20 @@ class TritonClient:
             t.set_data_from_numpy(array)
             tensors.append(t)
         requested = [grpcclient.InferRequestedOutput(o) for o in outputs]
+        started = time.perf_counter()
         try:
             result = await self.client.infer(model, tensors, outputs=requested,
                                              client_timeout=timeout_s or self.timeout_s)
         except InferenceServerException as exc:
-            raise _translate(model, exc) from None
+            error = _translate(model, exc)
+            self._count_error(model, error)
+            raise error from None
         except asyncio.TimeoutError:
+            self._count_error(model, DeadlineExceeded())
             raise DeadlineExceeded(f"Triton model {model} did not answer in time") from None
+        if self.metrics is not None:
+            self.metrics.triton_seconds.labels(model).observe(time.perf_counter() - started)
+            self.metrics.triton_batch.labels(model).observe(next(iter(inputs.values())).shape[0])
         try:
             arrays = {o: result.as_numpy(o) for o in outputs}
         except ValueError:  # tritonclient cannot shape an empty output
@@ -83,6 +92,11 @@ class TritonClient:
                 # the failure mode of numpy 2 inside the Python backend stub: empty outputs, no error
                 raise Unavailable(f"Triton model {model} returned an empty {name!r} output")
         return arrays
+
+    def _count_error(self, model: str, error: Exception) -> None:
+        if self.metrics is not None:
+            code = "DEADLINE_EXCEEDED" if isinstance(error, DeadlineExceeded) else "UNAVAILABLE"
+            self.metrics.triton_errors.labels(model, code).inc()
 
     async def statistics(self, model: str = "") -> dict:
         stats = await self.client.get_inference_statistics(model, as_json=True)

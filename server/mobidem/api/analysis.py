@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+import uuid
 
 import grpc
 
@@ -10,20 +12,27 @@ from mobidem.api import convert
 from mobidem.api.errors import status_for
 from mobidem.errors import InvalidArgument
 from mobidem.imaging import ImageLimits
+from mobidem.logs import frame_sequence, stream_id
+from mobidem.metrics import Metrics
 from mobidem.pipeline import Pipeline
 from mobidem.streaming import DropPolicy, StreamFrame, StreamSession, StreamStats
 from mobidem.v1 import mobidem_pb2 as pb
 from mobidem.v1 import mobidem_pb2_grpc as pb_grpc
 
+log = logging.getLogger(__name__)
+
 
 class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
     def __init__(self, pipeline: Pipeline, limits: ImageLimits, default_in_flight: int = 4,
-                 max_in_flight: int = 32, stats: StreamStats | None = None):
+                 max_in_flight: int = 32, stats: StreamStats | None = None, metrics: Metrics | None = None):
         self.pipeline = pipeline
         self.limits = limits
         self.default_in_flight = default_in_flight
         self.max_in_flight = max_in_flight
         self.stats = stats or StreamStats()
+        self.metrics = metrics or Metrics()
+        self.metrics.active_streams.set_function(lambda: self.stats.active_streams)
+        self.metrics.in_flight.set_function(lambda: self.stats.in_flight)
 
     async def Analyze(self, request: pb.AnalyzeRequest, context) -> pb.FrameResult:
         load = convert.image_loader(request.image, self.limits)
@@ -46,28 +55,47 @@ class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
         policy = DropPolicy(opts.drop_policy) if opts.drop_policy in (1, 2) else DropPolicy.NONE
         top_k = opts.top_k or 1
 
+        stream_id.set(uuid.uuid4().hex[:12])
+        log.info("stream opened: tasks=%s drop_policy=%s max_in_flight=%d", sorted(t.name for t in tasks),
+                 policy.name, opts.max_in_flight or self.default_in_flight)
+        counts = {"ok": 0, "dropped": 0, "failed": 0}
+
         async def frames():
             async for message in request_iterator:
                 if message.WhichOneof("message") != "frame":
                     raise InvalidArgument("StreamOptions may only be sent once, as the first message")
+                self.metrics.frames_received.inc()
                 yield StreamFrame(message.frame.sequence, message.frame)
 
         async def process(frame: StreamFrame):
+            frame_sequence.set(frame.sequence)
             load = convert.image_loader(frame.payload.image, self.limits, "frame.image")
-            return await self.pipeline.analyze(load, tasks, opts.min_face_size, top_k)
+            analysis = await self.pipeline.analyze(load, tasks, opts.min_face_size, top_k)
+            log.debug("frame analysed: %d face(s) in %.1f ms", len(analysis.faces), analysis.timings_ms["total"])
+            return analysis
 
         session = StreamSession(process, opts.max_in_flight or self.default_in_flight, policy, self.stats)
-        async for outcome in session.results(frames()):
-            frame = outcome.frame.payload
-            if outcome.status == "ok":
-                result = convert.analysis_pb(outcome.value, frame.sequence, frame.capture_time)
-                result.timings.total_ms = (time.perf_counter() - outcome.frame.received) * 1000
-            elif outcome.status == "dropped":
-                result = pb.FrameResult(sequence=frame.sequence, status=pb.FrameResult.STATUS_DROPPED,
-                                        drop_reason=outcome.drop_reason, capture_time=frame.capture_time)
-            else:
-                code = status_for(outcome.error) or grpc.StatusCode.INTERNAL
-                result = pb.FrameResult(sequence=frame.sequence, status=pb.FrameResult.STATUS_FAILED,
-                                        capture_time=frame.capture_time, error_code=code.value[0],
-                                        error_message=str(outcome.error))
-            yield result
+        try:
+            async for outcome in session.results(frames()):
+                counts[outcome.status] += 1
+                yield self._result(outcome)
+        finally:
+            log.info("stream closed: %d ok, %d dropped, %d failed", counts["ok"], counts["dropped"], counts["failed"])
+
+    def _result(self, outcome) -> pb.FrameResult:
+        frame = outcome.frame.payload
+        if outcome.status == "ok":
+            result = convert.analysis_pb(outcome.value, frame.sequence, frame.capture_time)
+            result.timings.total_ms = (time.perf_counter() - outcome.frame.received) * 1000
+            self.metrics.frames_processed.inc()
+        elif outcome.status == "dropped":
+            result = pb.FrameResult(sequence=frame.sequence, status=pb.FrameResult.STATUS_DROPPED,
+                                    drop_reason=outcome.drop_reason, capture_time=frame.capture_time)
+            self.metrics.frames_dropped.labels("latest_frame_wins").inc()
+        else:
+            code = status_for(outcome.error) or grpc.StatusCode.INTERNAL
+            result = pb.FrameResult(sequence=frame.sequence, status=pb.FrameResult.STATUS_FAILED,
+                                    capture_time=frame.capture_time, error_code=code.value[0],
+                                    error_message=str(outcome.error))
+            self.metrics.frames_failed.labels(code.name).inc()
+        return result

@@ -1,19 +1,22 @@
-"""Mapping core exceptions to gRPC status codes, in one place, for every RPC.
+"""One interceptor for every RPC: error -> status mapping, request ids in logs, gRPC metrics.
 
-Servicers raise (or let through) :mod:`mobidem.errors` exceptions; :class:`ErrorInterceptor`
+Servicers raise (or let through) :mod:`mobidem.errors` exceptions; :class:`ObservingInterceptor`
 turns them into a status with the message unchanged. Anything else is a bug: it becomes
-INTERNAL with a request id that the log line carries too, never a stack trace to the client.
+INTERNAL with a reference that the log line carries too, never a stack trace to the client.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 import grpc
 
 from mobidem import errors
 from mobidem.gallery.errors import GalleryCorrupt
+from mobidem.logs import request_id
+from mobidem.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,8 @@ STATUS = {
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     GalleryCorrupt: grpc.StatusCode.DATA_LOSS,
 }
 
@@ -36,50 +41,83 @@ def status_for(exc: BaseException) -> grpc.StatusCode | None:
     return None
 
 
-async def abort_for(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+async def _abort_for(exc: BaseException, context, method: str) -> None:
     code = status_for(exc)
     if code is None:
         ref = uuid.uuid4().hex[:12]
         log.exception("internal error in %s (ref %s)", method, ref)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref}); the server log has details")
+    log.info("%s -> %s: %s", method, code.name, exc)
     await context.abort(code, str(exc))
 
 
-def _wrap_unary(behavior, method):
-    async def handler(request, context):
-        try:
-            return await behavior(request, context)
-        except Exception as exc:
-            if isinstance(exc, grpc.aio.AbortError) or context.code() is not None:
-                raise
-            await abort_for(exc, context, method)
-    return handler
+def _code(context, exc: BaseException | None, finished: bool) -> str:
+    """The status the call ended with, as a label value."""
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if exc is not None:
+        return (status_for(exc) or grpc.StatusCode.INTERNAL).name
+    return "OK" if finished else "CANCELLED"
 
 
-def _wrap_stream(behavior, method):
-    async def handler(request, context):
-        try:
-            async for item in behavior(request, context):
-                yield item
-        except Exception as exc:
-            if isinstance(exc, grpc.aio.AbortError) or context.code() is not None:
-                raise
-            await abort_for(exc, context, method)
-    return handler
+class ObservingInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: Metrics | None = None):
+        self.metrics = metrics
 
+    def _record(self, method: str, code: str, started: float) -> None:
+        if self.metrics is not None:
+            short = method.rsplit("/", 1)[-1]
+            self.metrics.grpc_requests.labels(short, code).inc()
+            self.metrics.grpc_seconds.labels(short).observe(time.perf_counter() - started)
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    def _unary(self, behavior, method):
+        async def handler(request, context):
+            started, exc, finished = time.perf_counter(), None, False
+            token = request_id.set(uuid.uuid4().hex[:16])
+            try:
+                result = await behavior(request, context)
+                finished = True
+                return result
+            except Exception as e:  # noqa: BLE001 - mapped to a status below
+                exc = e
+                if isinstance(e, grpc.aio.AbortError) or context.code() is not None:
+                    raise
+                await _abort_for(e, context, method)
+            finally:
+                self._record(method, _code(context, exc, finished), started)
+                request_id.reset(token)
+        return handler
+
+    def _stream(self, behavior, method):
+        async def handler(request, context):
+            started, exc, finished = time.perf_counter(), None, False
+            token = request_id.set(uuid.uuid4().hex[:16])
+            try:
+                async for item in behavior(request, context):
+                    yield item
+                finished = True
+            except Exception as e:  # noqa: BLE001
+                exc = e
+                if isinstance(e, grpc.aio.AbortError) or context.code() is not None:
+                    raise
+                await _abort_for(e, context, method)
+            finally:
+                self._record(method, _code(context, exc, finished), started)
+                request_id.reset(token)
+        return handler
+
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
         if handler.unary_unary:
-            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method))
+            return handler._replace(unary_unary=self._unary(handler.unary_unary, method))
         if handler.stream_unary:
-            return handler._replace(stream_unary=_wrap_unary(handler.stream_unary, method))
+            return handler._replace(stream_unary=self._unary(handler.stream_unary, method))
         if handler.unary_stream:
-            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream, method))
+            return handler._replace(unary_stream=self._stream(handler.unary_stream, method))
         if handler.stream_stream:
-            return handler._replace(stream_stream=_wrap_stream(handler.stream_stream, method))
+            return handler._replace(stream_stream=self._stream(handler.stream_stream, method))
         return handler

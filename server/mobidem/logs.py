@@ -1,0 +1,54 @@
+"""Logging set-up: text or JSON lines, with the request id, stream id and frame sequence in context.
+
+Log lines carry identifiers and counts only: never embeddings, image bytes or other biometric data.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import time
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+stream_id: contextvars.ContextVar[str] = contextvars.ContextVar("stream_id", default="")
+frame_sequence: contextvars.ContextVar[int | None] = contextvars.ContextVar("frame_sequence", default=None)
+
+
+class ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        record.stream_id = stream_id.get()
+        record.frame_sequence = frame_sequence.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("request_id", "stream_id", "frame_sequence"):
+            value = getattr(record, key, None)
+            if value not in (None, ""):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup(level: str = "INFO", fmt: str = "text") -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(ContextFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s [req=%(request_id)s stream=%(stream_id)s seq=%(frame_sequence)s] "
+            "%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
