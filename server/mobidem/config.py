@@ -37,6 +37,8 @@ class Settings:
     max_image_pixels: int = 40_000_000
     default_in_flight: int = 4                 # frames held per stream when the client does not say
     max_in_flight: int = 32
+    max_streams_per_client: int = 16           # open Stream calls per client (API key, else peer host)
+    shutdown_grace_s: float = 10.0             # SIGTERM: in-flight calls get this long to finish
     image_threads: int = 2
     metrics_listen: str = "127.0.0.1:9095"    # HTTP /metrics, /healthz, /readyz; empty: off
     triton_grpc_port: int = 0                  # managed Triton's ports on 127.0.0.1 (0: any free port)
