@@ -13,6 +13,10 @@ import time
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 stream_id: contextvars.ContextVar[str] = contextvars.ContextVar("stream_id", default="")
 frame_sequence: contextvars.ContextVar[int | None] = contextvars.ContextVar("frame_sequence", default=None)
+# the authenticated caller's key name ("" when authentication is off)
+caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
+# time.monotonic() by which the current RPC must be answered (None: no deadline); Triton calls honour it
+deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
 
 
 class ContextFilter(logging.Filter):

@@ -11,6 +11,7 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from mobidem.errors import DeadlineExceeded, Unavailable
+from mobidem.logs import deadline
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,15 @@ class TritonClient:
             t.set_data_from_numpy(array)
             tensors.append(t)
         requested = [grpcclient.InferRequestedOutput(o) for o in outputs]
+        timeout = timeout_s or self.timeout_s
+        call_deadline = deadline.get()
+        if call_deadline is not None:  # the RPC's own deadline bounds its Triton work
+            timeout = min(timeout, call_deadline - time.monotonic())
+            if timeout <= 0:
+                raise DeadlineExceeded("the call's deadline passed before its Triton work could start")
         started = time.perf_counter()
         try:
-            result = await self.client.infer(model, tensors, outputs=requested,
-                                             client_timeout=timeout_s or self.timeout_s)
+            result = await self.client.infer(model, tensors, outputs=requested, client_timeout=timeout)
         except InferenceServerException as exc:
             error = _translate(model, exc)
             self._count_error(model, error)

@@ -10,7 +10,7 @@ import grpc
 
 from mobidem.api import convert
 from mobidem.api.errors import status_for
-from mobidem.errors import InvalidArgument
+from mobidem.errors import InvalidArgument, ResourceExhausted
 from mobidem.imaging import ImageLimits
 from mobidem.logs import frame_sequence, stream_id
 from mobidem.metrics import Metrics
@@ -24,13 +24,16 @@ log = logging.getLogger(__name__)
 
 class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
     def __init__(self, pipeline: Pipeline, limits: ImageLimits, default_in_flight: int = 4,
-                 max_in_flight: int = 32, stats: StreamStats | None = None, metrics: Metrics | None = None):
+                 max_in_flight: int = 32, stats: StreamStats | None = None, metrics: Metrics | None = None,
+                 max_streams_per_client: int = 16):
         self.pipeline = pipeline
         self.limits = limits
         self.default_in_flight = default_in_flight
         self.max_in_flight = max_in_flight
         self.stats = stats or StreamStats()
         self.metrics = metrics or Metrics()
+        self.max_streams_per_client = max_streams_per_client
+        self.streams_by_client: dict[str, int] = {}
         self.metrics.active_streams.set_function(lambda: self.stats.active_streams)
         self.metrics.in_flight.set_function(lambda: self.stats.in_flight)
 
@@ -41,6 +44,20 @@ class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
         return convert.analysis_pb(analysis)
 
     async def Stream(self, request_iterator, context):
+        client = client_name(context)
+        if self.streams_by_client.get(client, 0) >= self.max_streams_per_client:
+            raise ResourceExhausted(f"client {client} already has {self.max_streams_per_client} open streams, "
+                                    "the most allowed; close one first")
+        self.streams_by_client[client] = self.streams_by_client.get(client, 0) + 1
+        try:
+            async for result in self._stream(request_iterator, context):
+                yield result
+        finally:
+            self.streams_by_client[client] -= 1
+            if not self.streams_by_client[client]:
+                del self.streams_by_client[client]
+
+    async def _stream(self, request_iterator, context):
         first = await anext(aiter(request_iterator), None)
         if first is None:
             return
@@ -99,3 +116,14 @@ class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
                                     error_message=str(outcome.error))
             self.metrics.frames_failed.labels(code.name).inc()
         return result
+
+
+def client_name(context) -> str:
+    """Who is calling: the authenticated key's name, else the peer's host (without the port)."""
+    from mobidem.logs import caller
+
+    name = caller.get()
+    if name:
+        return name
+    peer = context.peer() or "unknown"
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer

@@ -15,7 +15,7 @@ import grpc
 
 from mobidem import errors
 from mobidem.gallery.errors import GalleryCorrupt
-from mobidem.logs import request_id
+from mobidem.logs import deadline, request_id
 from mobidem.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,11 @@ def _code(context, exc: BaseException | None, finished: bool) -> str:
     return "OK" if finished else "CANCELLED"
 
 
+def _set_deadline(context) -> None:
+    remaining = context.time_remaining()
+    deadline.set(time.monotonic() + remaining if remaining is not None else None)
+
+
 class ObservingInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics | None = None):
         self.metrics = metrics
@@ -75,6 +80,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         async def handler(request, context):
             started, exc, finished = time.perf_counter(), None, False
             token = request_id.set(uuid.uuid4().hex[:16])
+            _set_deadline(context)
             try:
                 result = await behavior(request, context)
                 finished = True
@@ -93,6 +99,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         async def handler(request, context):
             started, exc, finished = time.perf_counter(), None, False
             token = request_id.set(uuid.uuid4().hex[:16])
+            _set_deadline(context)
             try:
                 async for item in behavior(request, context):
                     yield item
