@@ -42,7 +42,7 @@ class TrainConfig:
     persons: int = 8  # P people per identity batch
     per_person: int = 4  # K chips per person
     expr_batch: int = 16
-    lr: float = 1e-5  # trunk and identity head (Adam)
+    lr: float = 3e-5  # trunk and identity head (Adam)
     head_lr: float = 1e-3  # expression head (new)
     weight_lr: float = 1e-3  # weighting unit's own Adam
     seed: int = 0
