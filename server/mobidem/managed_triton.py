@@ -122,6 +122,7 @@ class ManagedTriton:
     python_path: list[str] | None = None  # import paths for model.py (default: this environment's)
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen | None = field(default=None, init=False)
+    _group: int | None = field(default=None, init=False)  # process group of the last start (Triton + stubs)
 
     def __post_init__(self) -> None:
         repos = self.repository if isinstance(self.repository, (list, tuple)) else [self.repository]
@@ -131,6 +132,9 @@ class ManagedTriton:
         self.grpc_port = self.grpc_port or free_port()
         self.http_port = self.http_port or free_port()
         self.metrics_port = self.metrics_port or free_port()
+        # the Python backend's shared-memory regions get a prefix of their own, so that two Tritons on
+        # one machine never collide and a crashed one's leftovers can be removed before a restart
+        self.shm_prefix = f"mobidem_{os.getpid()}_{self.grpc_port}_"
 
     @property
     def grpc_url(self) -> str:
@@ -153,6 +157,7 @@ class ManagedTriton:
             "--metrics-address=127.0.0.1",
             f"--metrics-port={self.metrics_port}",
             "--allow-cpu-metrics=true",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             "--exit-on-error=true",
             "--strict-readiness=true",
             f"--log-verbose={self.log_verbose}",
@@ -167,6 +172,7 @@ class ManagedTriton:
             return self
         install = TritonInstall.find()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._reap()  # what a crashed predecessor left behind: orphaned stubs, shared memory
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(install.libs), env.get("LD_LIBRARY_PATH", "")]))
         env[SITE_PACKAGES_ENV] = os.pathsep.join(self.python_path or site_packages())
@@ -177,6 +183,7 @@ class ManagedTriton:
                 cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, preexec_fn=_die_with_parent, close_fds=True,
             )
+        self._group = self.process.pid
         try:
             self.wait_ready(timeout)
         except BaseException:
@@ -216,10 +223,23 @@ class ManagedTriton:
         except OSError:
             return "(no log)"
 
+    def _reap(self) -> None:
+        if self._group is not None:
+            try:
+                os.killpg(self._group, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self._group = None
+        shm = Path("/dev/shm")
+        if shm.is_dir():
+            for region in shm.glob(self.shm_prefix + "*"):
+                region.unlink(missing_ok=True)
+
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM the whole process group (Triton and its stubs), SIGKILL what is left."""
         process, self.process = self.process, None
         if process is None:
+            self._reap()
             return
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
             try:
@@ -236,6 +256,7 @@ class ManagedTriton:
             except ProcessLookupError:
                 pass
             break
+        self._reap()
 
     def kill(self) -> None:
         """SIGKILL tritonserver alone, as a crash would (for fault tests)."""

@@ -61,6 +61,33 @@ def _code(context, exc: BaseException | None, finished: bool) -> str:
     return "OK" if finished else "CANCELLED"
 
 
+class _Malformed:
+    """A request message that did not parse; the handler answers INVALID_ARGUMENT for it."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _tolerant(deserialize):
+    def parse(data: bytes):
+        try:
+            return deserialize(data)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the client's
+            return _Malformed(exc)
+    return parse
+
+
+def _check(request):
+    if isinstance(request, _Malformed):
+        raise errors.InvalidArgument(f"the request is not a valid protobuf message for this method: {request.error}")
+    return request
+
+
+async def _checked(requests):
+    async for request in requests:
+        yield _check(request)
+
+
 def _set_deadline(context) -> None:
     remaining = context.time_remaining()
     deadline.set(time.monotonic() + remaining if remaining is not None else None)
@@ -82,6 +109,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             token = request_id.set(uuid.uuid4().hex[:16])
             _set_deadline(context)
             try:
+                request = _checked(request) if hasattr(request, "__aiter__") else _check(request)
                 result = await behavior(request, context)
                 finished = True
                 return result
@@ -101,6 +129,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             token = request_id.set(uuid.uuid4().hex[:16])
             _set_deadline(context)
             try:
+                request = _checked(request) if hasattr(request, "__aiter__") else _check(request)
                 async for item in behavior(request, context):
                     yield item
                 finished = True
@@ -119,6 +148,8 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        if handler.request_deserializer is not None:
+            handler = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
         if handler.unary_unary:
             return handler._replace(unary_unary=self._unary(handler.unary_unary, method))
         if handler.stream_unary:
