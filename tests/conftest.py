@@ -79,6 +79,8 @@ class RunningServer:
         return MobidemClient(self.target, **kw)
 
     def stop(self):
+        if not self.thread.is_alive():  # stopped already (a test restarts a server on the same data)
+            return
         self.call(self.server.stop(grace=2))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)

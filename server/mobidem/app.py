@@ -12,13 +12,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from mobidem import calibration
+from mobidem import calibration, certs
+from mobidem.api import auth as api_auth
 from mobidem.api.analysis import FaceAnalysisServicer
 from mobidem.api.errors import ObservingInterceptor
 from mobidem.api.gallery import GalleryServicer
 from mobidem.config import Settings
 from mobidem.errors import Unavailable
+from mobidem.audit import AuditLog
 from mobidem.gallery import Gallery
+from mobidem.gallery.crypto import load_key
 from mobidem.identity import IdentityService
 from mobidem.imaging import ImageLimits
 from mobidem.managed_triton import ManagedTriton
@@ -71,20 +74,24 @@ class MobidemServer:
         served = {m: await self.triton.metadata(m) for m in self.pipeline.models}
         for plugin in plugins.plugins:
             check_io(plugin, served)
-        self.gallery = await asyncio.to_thread(Gallery.open, str(data / "gallery.db"))
+        self.gallery = await asyncio.to_thread(Gallery.open, str(data / "gallery.db"),
+                                               template_key=load_key(s.template_key_file, s.template_key))
         points = calibration.load(s.calibration or DEFAULT_CALIBRATION)
         self.identities = IdentityService(self.gallery, self.pipeline, points, s.operating_point, self.metrics)
         self.metrics.gallery_identities.set_function(self.gallery.count)
         self.metrics.gallery_templates.set_function(lambda: len(self.gallery.index))
         if self.pipeline.embedder is not None:
             self.identities.model_version = await self.triton.model_version(self.pipeline.embedder_model)
+        models = [f"{m}:{await self.triton.model_version(m)}" for m in self.pipeline.models]
+        self.audit = self.identities.audit = AuditLog(s.audit_log or data / "audit.db", models)
         self.pipeline.matcher = self.identities
 
         limits = ImageLimits(max_encoded_bytes=s.max_message_bytes, max_side=s.max_image_side,
                              max_pixels=s.max_image_pixels)
         options = [("grpc.max_receive_message_length", s.max_message_bytes + 64 * 1024),
                    ("grpc.max_send_message_length", 64 * 1024 * 1024)]
-        self.server = grpc.aio.server(interceptors=[ObservingInterceptor(self.metrics)], options=options)
+        interceptors = [ObservingInterceptor(self.metrics), api_auth.from_settings(s)]  # auth errors mapped too
+        self.server = grpc.aio.server(interceptors=interceptors, options=options)
         mobidem_pb2_grpc.add_FaceAnalysisServicer_to_server(
             FaceAnalysisServicer(self.pipeline, limits, s.default_in_flight, s.max_in_flight, self.stats,
                                  self.metrics, s.max_streams_per_client), self.server)
@@ -92,7 +99,8 @@ class MobidemServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [mobidem_pb2.DESCRIPTOR.services_by_name[n.split(".")[-1]].full_name for n in SERVICES]
         reflection.enable_server_reflection([*names, "grpc.health.v1.Health", reflection.SERVICE_NAME], self.server)
-        self.port = self.server.add_insecure_port(s.listen)
+        tls = certs.server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca)
+        self.port = self.server.add_secure_port(s.listen, tls) if tls else self.server.add_insecure_port(s.listen)
         if not self.port:
             raise Unavailable(f"cannot listen on {s.listen}")
         await self.server.start()
@@ -155,6 +163,8 @@ class MobidemServer:
             self.pipeline.close()
         if getattr(self, "gallery", None) is not None:
             await asyncio.to_thread(self.gallery.close)
+        if getattr(self, "audit", None) is not None:
+            self.audit.close()
         if self.managed is not None:
             await asyncio.to_thread(self.managed.stop)
 

@@ -59,9 +59,63 @@ def _serve(args) -> int:
 
 
 def _client(args):
-    from mobidem.client import MobidemClient
+    import os
 
-    return MobidemClient(args.target)
+    from mobidem.client import MobidemClient, tls_credentials
+
+    tls = args.ca or args.cert or args.key
+    return MobidemClient(args.target, credentials=tls_credentials(args.ca, args.cert, args.key) if tls else None,
+                         api_key=args.api_key or os.environ.get("MOBIDEM_API_KEY") or None)
+
+
+def _certs_dev(args) -> int:
+    from mobidem import certs
+
+    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    files = certs.make_dev(args.dir, hosts=hosts, client_name=args.client_name, days=args.days, force=args.force)
+    print(f"development CA and certificates in {args.dir} (server for {', '.join(hosts)}):")
+    for name, path in files.items():
+        print(f"  {name:11} {path}")
+    print(f"serve:  mobidem serve --tls-cert {files['server']} --tls-key {files['server-key']}"
+          f" [--tls-client-ca {files['ca']}]")
+    print(f"client: mobidem analyze --ca {files['ca']} [--cert {files['client']} --key {files['client-key']}] ...")
+    return 0
+
+
+def _keys(args) -> int:
+    from mobidem import auth
+    from mobidem.gallery import crypto
+
+    if args.keys_command == "template-key":
+        path = Path(args.file).expanduser()
+        if path.exists() and not args.force:
+            print(f"mobidem keys template-key: {path} exists; pass --force to replace it "
+                  "(a gallery encrypted with the old key cannot be read with a new one)", file=sys.stderr)
+            return 2
+        import os
+
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(crypto.new_key_text() + "\n")
+        print(f"wrote a 256-bit template key to {path} (mode 0600); serve with --template-key-file {path}")
+        return 0
+    path = Path(args.file).expanduser()
+    try:
+        if args.keys_command == "add":
+            key = auth.add_key(path, args.name, args.roles)
+            print(key)
+            print(f"key {args.name!r} ({args.roles}) added to {path}; it is shown only this once",
+                  file=sys.stderr)
+        elif args.keys_command == "remove":
+            auth.remove_key(path, args.name)
+            print(f"key {args.name!r} removed from {path}", file=sys.stderr)
+        else:
+            for k in auth.read_keys(path):
+                print(f"{k.name}\t{','.join(k.roles)}\t{k.created}")
+    except Exception as exc:  # noqa: BLE001 - InvalidArgument and OS errors: one line
+        print(f"mobidem keys {args.keys_command}: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _analyze(args) -> int:
@@ -170,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     def client_parser(name, help_text, func):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--target", default=DEFAULT_TARGET, help=f"server address (default {DEFAULT_TARGET})")
+        p.add_argument("--ca", help="TLS: PEM CA that signed the server's certificate")
+        p.add_argument("--cert", help="mutual TLS: this client's PEM certificate")
+        p.add_argument("--key", help="mutual TLS: this client's PEM private key")
+        p.add_argument("--api-key", help="API key (default: env MOBIDEM_API_KEY)")
         p.set_defaults(func=func)
         return p
 
@@ -195,6 +253,30 @@ def build_parser() -> argparse.ArgumentParser:
     i = client_parser("identify", "1:N: who is in this photo?", _identify)
     i.add_argument("image")
     i.add_argument("--top-k", type=int, default=5)
+    c = sub.add_parser("certs", help="TLS certificates").add_subparsers(dest="certs_command", required=True)
+    cd = c.add_parser("dev", help="make a development CA, a server certificate and a client certificate")
+    cd.add_argument("dir")
+    cd.add_argument("--hosts", default="localhost,127.0.0.1,::1", help="server names and addresses (comma-separated)")
+    cd.add_argument("--client-name", default="mobidem-client")
+    cd.add_argument("--days", type=int, default=365)
+    cd.add_argument("--force", action="store_true", help="overwrite existing files")
+    cd.set_defaults(func=_certs_dev)
+    k = sub.add_parser("keys", help="API keys (stored hashed) and the template encryption key")
+    ks = k.add_subparsers(dest="keys_command", required=True)
+    ka = ks.add_parser("add", help="make a key, store its hash, print it once")
+    ka.add_argument("name")
+    ka.add_argument("--roles", required=True, help="comma-separated: stream, analyze, verify, admin")
+    ka.add_argument("--file", required=True, help="the keys file (setting api_keys_file)")
+    kr = ks.add_parser("remove", help="revoke a key")
+    kr.add_argument("name")
+    kr.add_argument("--file", required=True)
+    kl = ks.add_parser("list", help="names and roles")
+    kl.add_argument("--file", required=True)
+    kt = ks.add_parser("template-key", help="write a random 256-bit key for templates at rest")
+    kt.add_argument("file")
+    kt.add_argument("--force", action="store_true")
+    for p in (ka, kr, kl, kt):
+        p.set_defaults(func=_keys)
     d = sub.add_parser("demo", help="start everything, enrol a person and stream a clip (no data of ours needed)")
     d.add_argument("--video", help="stream this video instead of the built-in clip")
     d.add_argument("--camera", help="stream this camera instead")

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from pathlib import Path
@@ -65,15 +66,58 @@ def frame_count(path) -> int:
         cap.release()
 
 
+def tls_credentials(ca=None, cert=None, key=None) -> grpc.ChannelCredentials:
+    """TLS channel credentials from PEM files: ``ca`` verifies the server (None: the system roots);
+    ``cert`` + ``key`` are this client's certificate for mutual TLS."""
+    def read(path):
+        return Path(path).expanduser().read_bytes() if path else None
+    if bool(cert) != bool(key):
+        raise ValueError("a client certificate needs both cert and key")
+    return grpc.ssl_channel_credentials(root_certificates=read(ca), private_key=read(key),
+                                        certificate_chain=read(cert))
+
+
+class _CallDetails(collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials",
+                                                           "wait_for_ready", "compression")),
+                   grpc.ClientCallDetails):
+    pass
+
+
+class _ApiKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+              grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds ``x-api-key`` to every call."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def _details(self, d):
+        metadata = [*(d.metadata or ()), ("x-api-key", self.key)]
+        return _CallDetails(d.method, d.timeout, metadata, d.credentials, getattr(d, "wait_for_ready", None),
+                            getattr(d, "compression", None))
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    intercept_unary_stream = intercept_unary_unary
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._details(details), request_iterator)
+
+    intercept_stream_stream = intercept_stream_unary
+
+
 class MobidemClient:
     def __init__(self, target: str = "127.0.0.1:50051", timeout: float = 60.0,
-                 max_message_bytes: int = 64 * 1024 * 1024, credentials: grpc.ChannelCredentials | None = None):
+                 max_message_bytes: int = 64 * 1024 * 1024, credentials: grpc.ChannelCredentials | None = None,
+                 api_key: str | None = None):
+        """``credentials``: TLS (see :func:`tls_credentials`); ``api_key``: sent as ``x-api-key`` on every call."""
         options = [("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.max_receive_message_length", max_message_bytes)]
         self.channel = (grpc.secure_channel(target, credentials, options) if credentials
                         else grpc.insecure_channel(target, options))
-        self.analysis = pb_grpc.FaceAnalysisStub(self.channel)
-        self.gallery = pb_grpc.GalleryStub(self.channel)
+        calls = grpc.intercept_channel(self.channel, _ApiKey(api_key)) if api_key else self.channel
+        self.analysis = pb_grpc.FaceAnalysisStub(calls)
+        self.gallery = pb_grpc.GalleryStub(calls)
         self.timeout = timeout
 
     def close(self) -> None:

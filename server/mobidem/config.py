@@ -46,6 +46,16 @@ class Settings:
     triton_metrics_port: int = 8002            # Triton's own Prometheus metrics (0: any free port)
     log_level: str = "INFO"
     log_format: str = "text"                   # text | json
+    # security (docs/SECURITY.md)
+    tls_cert: str = ""                         # PEM server certificate (chain); with tls_key: TLS
+    tls_key: str = ""                          # PEM private key of tls_cert
+    tls_client_ca: str = ""                    # PEM CA: clients must present a certificate it signed (mutual TLS)
+    api_keys_file: str = ""                    # hashed API keys with roles (`mobidem keys add`); empty: auth OFF
+    auth_exempt_health: bool = True            # grpc.health.v1 needs no key
+    auth_exempt_reflection: bool = False       # server reflection needs a key (any role)
+    template_key_file: str = ""                # 256-bit key (hex/base64) encrypting templates at rest
+    template_key: str = ""                     # the same key inline; prefer the env MOBIDEM_TEMPLATE_KEY to a flag
+    audit_log: str = ""                        # Verify/Identify audit database; empty: <data_dir>/audit.db
 
     @property
     def face_plugin_names(self) -> list[str]:
@@ -57,6 +67,11 @@ class Settings:
 
 
 def _coerce(field: dataclasses.Field, value, source: str):
+    if field.type in (bool, "bool"):
+        text = str(value).strip().lower()
+        if text not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            raise InvalidArgument(f"{source}: {field.name} must be true or false, got {value!r}")
+        return text in ("true", "1", "yes", "on")
     kind = field.type if isinstance(field.type, type) else {"int": int, "float": float, "str": str}.get(field.type, str)
     try:
         return kind(value)

@@ -44,6 +44,7 @@ class IdentityService:
         self.point(default_operating_point)  # fail at start on a bad name
         self.model_name = pipeline.embedder_model if pipeline.embedder is not None else ""
         self.model_version = ""  # learnt from Triton at start
+        self.audit = None  # mobidem.audit.AuditLog: one record per Verify/Identify decision, before it is returned
 
     def point(self, name: str) -> calibration.OperatingPoint:
         name = name or self.default_operating_point
@@ -107,6 +108,9 @@ class IdentityService:
         embedding = await self._embed_one(load, "probe", face_index=0)
         match = await asyncio.to_thread(self.match, embedding, top_k, operating_point)
         self._decided("identify", "known" if match.known else "unknown")
+        if self.audit is not None:
+            far = self.point(operating_point).far_target
+            await asyncio.to_thread(self.audit.identify_decision, match, self.embedder, far)
         return match
 
     def _decided(self, kind: str, outcome: str) -> None:
@@ -131,4 +135,6 @@ class IdentityService:
         decision = Decision(distance <= point.threshold, distance, point.threshold, point.name, point.far_target,
                             self.embedder, uuid.uuid4().hex)
         self._decided("verify", "match" if decision.match else "no_match")
+        if self.audit is not None:
+            await asyncio.to_thread(self.audit.verify_decision, decision, identity_id)
         return decision

@@ -13,6 +13,19 @@ import time
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 stream_id: contextvars.ContextVar[str] = contextvars.ContextVar("stream_id", default="")
 frame_sequence: contextvars.ContextVar[int | None] = contextvars.ContextVar("frame_sequence", default=None)
+# Who is calling: the API key's name (set by mobidem.api.auth; "" when authentication is off) and the
+# transport peer ("ipv4:10.0.0.7:51234"). For logs, the audit log and per-client limits.
+caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
+peer: contextvars.ContextVar[str] = contextvars.ContextVar("peer", default="")
+
+
+def client_id() -> str:
+    """The caller's key name, else the peer's host (without the port): who per-client limits count."""
+    name = caller.get()
+    if name:
+        return f"key:{name}"
+    host = peer.get().rsplit(":", 1)[0] if peer.get().count(":") >= 2 else peer.get()
+    return f"peer:{host}"
 # the authenticated caller's key name ("" when authentication is off)
 caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
 # time.monotonic() by which the current RPC must be answered (None: no deadline); Triton calls honour it
@@ -24,6 +37,7 @@ class ContextFilter(logging.Filter):
         record.request_id = request_id.get()
         record.stream_id = stream_id.get()
         record.frame_sequence = frame_sequence.get()
+        record.caller = caller.get()
         return True
 
 
@@ -35,7 +49,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("request_id", "stream_id", "frame_sequence"):
+        for key in ("request_id", "stream_id", "frame_sequence", "caller"):
             value = getattr(record, key, None)
             if value not in (None, ""):
                 entry[key] = value

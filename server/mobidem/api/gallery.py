@@ -12,6 +12,7 @@ from mobidem.errors import InvalidArgument, NotFound
 from mobidem.gallery import Identity
 from mobidem.identity import IdentityService
 from mobidem.imaging import ImageLimits
+from mobidem.logs import request_id
 from mobidem.v1 import mobidem_pb2 as pb
 from mobidem.v1 import mobidem_pb2_grpc as pb_grpc
 
@@ -102,4 +103,5 @@ class GalleryServicer(pb_grpc.GalleryServicer):
     async def Identify(self, request: pb.IdentifyRequest, context) -> pb.IdentifyResponse:
         probe = convert.image_loader(request.probe, self.limits, "probe")
         match = await self.identities.identify(probe, request.top_k or 5, request.operating_point)
-        return pb.IdentifyResponse(match=convert.match_pb(match), embedder=self.identities.embedder)
+        return pb.IdentifyResponse(match=convert.match_pb(match), embedder=self.identities.embedder,
+                                   request_id=request_id.get())  # the audit record's request id

@@ -22,6 +22,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from .crypto import TemplateCipher, TemplateKeyError
 from .errors import GalleryCorrupt, GalleryError, IdempotencyConflict, InvalidArgument, NotFound, SchemaTooNew
 from .records import DEFAULT_DIM, EnrollResult, Identity, ModelVersion, TemplateIn, TemplateRecord
 
@@ -67,6 +68,11 @@ MIGRATIONS: tuple[str, ...] = (
         created_at   REAL NOT NULL
     );
     CREATE INDEX idempotency_created ON idempotency (created_at);
+    """,
+    # 2: templates encrypted at rest (gallery/crypto.py). NULL: embedding is plaintext float32;
+    # else 12-byte nonce || 16-byte AES-GCM tag, and embedding holds the ciphertext (same length).
+    """
+    ALTER TABLE templates ADD COLUMN sealing BLOB;
     """,
 )
 
@@ -267,11 +273,13 @@ class SqliteGallery:
         dim: int = DEFAULT_DIM,
         integrity_check: bool = True,
         clock=time.time,
+        template_key: bytes | None = None,
     ) -> None:
         self.path = str(path)
         self.dim = int(dim)
         self.store_images = store_images
         self._clock = clock
+        self._cipher = TemplateCipher(template_key) if template_key is not None else None
         self._lock = threading.RLock()
         self._closed = False
         try:
@@ -280,6 +288,7 @@ class SqliteGallery:
             raise GalleryError(f"cannot open gallery {self.path!r}: {e}") from e
         try:
             self._open(integrity_check)
+            self._check_encryption()
         except sqlite3.OperationalError as e:
             self._conn.close()
             raise GalleryError(f"cannot open gallery {self.path!r}: {e}") from e
@@ -336,6 +345,43 @@ class SqliteGallery:
         except BaseException:
             c.execute("ROLLBACK")
             raise
+
+    # -- encryption at rest (gallery/crypto.py)
+
+    def _check_encryption(self) -> None:
+        """No key + sealed rows: refuse. Key: check it on one sealed row, then seal any plaintext rows."""
+        c = self._conn
+        sealed = c.execute("SELECT id, identity_id, embedding, sealing FROM templates WHERE sealing IS NOT NULL"
+                           " LIMIT 1").fetchone()
+        if self._cipher is None:
+            if sealed is not None:
+                raise TemplateKeyError(
+                    f"gallery {self.path!r} holds encrypted templates but no template key is configured: "
+                    "set template_key_file or MOBIDEM_TEMPLATE_KEY to the key it was encrypted with")
+            return
+        if sealed is not None:
+            self._unseal(sealed[2], sealed[3], sealed[0], sealed[1])
+        plain = c.execute("SELECT id, identity_id, embedding FROM templates WHERE sealing IS NULL").fetchall()
+        if not plain:
+            return
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.executemany("UPDATE templates SET embedding = ?, sealing = ? WHERE id = ?",
+                          [(*self._cipher.seal(blob, tid, iid), tid) for tid, iid, blob in plain])
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # secure_delete zeroes the old pages
+
+    def _seal(self, blob: bytes, template_id: str, identity_id: str) -> tuple[bytes, bytes | None]:
+        return (blob, None) if self._cipher is None else self._cipher.seal(blob, template_id, identity_id)
+
+    def _unseal(self, blob: bytes, sealing: bytes, template_id: str, identity_id: str) -> bytes:
+        if self._cipher is None:
+            raise TemplateKeyError(f"gallery {self.path!r}: template {template_id!r} is encrypted and no template "
+                                   "key is configured (template_key_file or MOBIDEM_TEMPLATE_KEY)")
+        return self._cipher.open(blob, sealing, template_id, identity_id)
 
     def schema_version(self) -> int:
         with self._lock:
@@ -467,10 +513,10 @@ class SqliteGallery:
                     created = False
                 tids = tuple(uuid.uuid4().hex for _ in checked)
                 c.executemany(
-                    "INSERT INTO templates (id, identity_id, embedding, dim, model_name, model_version, quality,"
-                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO templates (id, identity_id, embedding, sealing, dim, model_name, model_version,"
+                    " quality, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (tid, new_id, emb.tobytes(), emb.shape[0], name, version, q, now)
+                        (tid, new_id, *self._seal(emb.tobytes(), tid, new_id), emb.shape[0], name, version, q, now)
                         for tid, (emb, name, version, q) in zip(tids, checked)
                     ],
                 )
@@ -565,13 +611,15 @@ class SqliteGallery:
             with self._lock:
                 self._check_open()
                 rows = self._conn.execute(
-                    "SELECT rowid, id, identity_id, embedding, dim, model_name, model_version, quality, created_at"
-                    " FROM templates WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                    "SELECT rowid, id, identity_id, embedding, dim, model_name, model_version, quality, created_at,"
+                    " sealing FROM templates WHERE rowid > ? ORDER BY rowid LIMIT ?",
                     (last, batch_size),
                 ).fetchall()
             if not rows:
                 return
-            for rowid, tid, iid, blob, dim, name, version, q, ts in rows:
+            for rowid, tid, iid, blob, dim, name, version, q, ts, sealing in rows:
+                if sealing is not None:
+                    blob = self._unseal(blob, sealing, tid, iid)
                 yield TemplateRecord(tid, iid, np.frombuffer(blob, dtype="<f4", count=dim), name, version, q, ts)
             last = rows[-1][0]
 
