@@ -12,6 +12,9 @@ Model config ``parameters`` it reads (all optional):
   2-core machine shared with the gateway, one thread per instance measured fastest).
 - ``providers``: comma-separated ONNX Runtime execution providers, overriding the default
   (CPU, or CUDA first when the instance kind is GPU and the installed ONNX Runtime has it).
+- ``gpu_runtime``: for instance kind GPU: ``auto`` (default: ONNX Runtime's CUDA provider when
+  installed, else PyTorch with CUDA through mobidem.torch_runner), ``onnxruntime`` or ``torch``;
+  ``gpu_fp16`` = ``true`` runs the PyTorch path under fp16 autocast.
 
 This module runs inside the Triton stub process, so it imports nothing from mobidem that
 would pull in gRPC or OpenCV.
@@ -70,7 +73,16 @@ class OnnxModel:
         options.inter_op_num_threads = int(_param(self.config, "inter_op_threads", "1"))
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         kind = args.get("model_instance_kind", "CPU")
-        providers = select_providers(kind, ort.get_available_providers(), _param(self.config, "providers", ""))
+        self.torch_runner = None
+        runtime = _param(self.config, "gpu_runtime", "auto")
+        cuda_ort = "CUDAExecutionProvider" in ort.get_available_providers()
+        if kind == "GPU" and (runtime == "torch" or (runtime == "auto" and not cuda_ort)):
+            from mobidem.torch_runner import TorchOnnxRunner
+
+            device = f"cuda:{int(args.get('model_instance_device_id', 0))}"
+            self.torch_runner = TorchOnnxRunner(path, device, _param(self.config, "gpu_fp16", "false") == "true")
+        providers = select_providers(kind if self.torch_runner is None else "CPU", ort.get_available_providers(),
+                                     _param(self.config, "providers", ""))
         if kind == "GPU" and providers[0] == "CUDAExecutionProvider":
             device = int(args.get("model_instance_device_id", 0))
             providers = [("CUDAExecutionProvider", {"device_id": device}), "CPUExecutionProvider"]
@@ -98,7 +110,11 @@ class OnnxModel:
             sizes.append(feeds[self.inputs[0]][-1].shape[0])
         try:
             batch = {name: np.concatenate(parts) if len(parts) > 1 else parts[0] for name, parts in feeds.items()}
-            results = self.session.run(self.outputs, batch)
+            if self.torch_runner is not None:
+                by_name = self.torch_runner.run(batch)
+                results = [by_name[name] for name in self.outputs]
+            else:
+                results = self.session.run(self.outputs, batch)
         except Exception as exc:  # one bad batch must not take the model down
             error = pb_utils.TritonError(f"{self.name}: inference failed: {exc}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
