@@ -13,7 +13,7 @@ Starts the managed Triton itself (workdir under /tmp) and measures, on the same 
              pkg_resources). Images are loaded as face_recognition.load_image_file does (PIL, RGB).
 
 It also compares detector configurations (``DETECTION_CONFIGS``, built from the pipeline's own
-``Pipeline._detect_pass`` / ``DetectorPass`` and ``blazeface.weighted_nms``) on the Hamilton clip
+``run_pass`` / ``Pass`` of the blazeface plugin and ``blazeface.weighted_nms``) on the Hamilton clip
 against the face_recognition library's boxes (tests/reference/hamilton_facerec.json), on noface/,
 multiface/, expressions/ and on every 8th frame of the 1080p video against dlib HOG.
 
@@ -42,10 +42,12 @@ import cv2
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "server"))
+# mobidem is installed (make setup); never put server/ on sys.path: a stale egg-info there hides the plugins
 
 from mobidem import calibration  # noqa: E402
-from mobidem.pipeline import DETECTOR_PASSES, EXPRESSION_LABELS, DetectorPass  # noqa: E402
+from mobidem_builtin_plugins.blazeface import BlazeFace, run_pass  # noqa: E402
+from mobidem_builtin_plugins.blazeface import Pass as DetectorPass  # noqa: E402
+from mobidem_builtin_plugins.faces import EXPRESSION_BOX, EXPRESSION_LABELS  # noqa: E402
 from mobidem.vision import blazeface  # noqa: E402
 
 DEFAULT_DATA = "/work/shared/data/faces"
@@ -224,6 +226,7 @@ async def run_ours(paths: list[str], root: str, repository: str, workdir: str, c
     from mobidem.imaging import decode_encoded
     from mobidem.managed_triton import ManagedTriton
     from mobidem.pipeline import ALL_TASKS, Pipeline, PipelineConfig
+    from mobidem.plugins import PluginSet
     from mobidem.triton_client import TritonClient
     from mobidem.vision.align import align_chip
 
@@ -232,7 +235,7 @@ async def run_ours(paths: list[str], root: str, repository: str, workdir: str, c
     triton.start()
     started = time.perf_counter() - t0
     client = TritonClient(triton.grpc_url)
-    pipe = Pipeline(client, PipelineConfig())
+    pipe = Pipeline(client, PluginSet.from_config("blazeface", ["face_multitask"]), PipelineConfig())
     results: dict[str, Found] = {}
     sem = asyncio.Semaphore(concurrency)
 
@@ -260,7 +263,7 @@ async def run_ours(paths: list[str], root: str, repository: str, workdir: str, c
         elapsed = time.perf_counter() - t1
         study = study_s = None
         if study_inputs is not None:
-            assert list(pipe.detectors) == list(_AUTO), "DETECTION_CONFIGS' e_auto no longer matches the pipeline"
+            assert tuple(pipe.plugins.detector.passes) == tuple(_AUTO), "e_auto no longer matches the blazeface plugin"
             t2 = time.perf_counter()
             study = await detection_study(pipe, study_inputs, concurrency)
             study_s = time.perf_counter() - t2
@@ -330,7 +333,7 @@ class DetectionConfig:
         return joiner.join(one(p) for p in self.passes)
 
 
-_AUTO = tuple(p for passes in DETECTOR_PASSES.values() for p in passes)  # what PipelineConfig(detector="auto") runs
+_AUTO = BlazeFace.passes  # what the default detector plugin, "blazeface", runs
 DETECTION_CONFIGS = (
     DetectionConfig("a_short", (DetectorPass(blazeface.SHORT_RANGE, 0.5),)),
     DetectionConfig("b_short_then_full", (DetectorPass(blazeface.SHORT_RANGE, 0.5), DetectorPass(blazeface.FULL_RANGE, 0.5)),
@@ -406,8 +409,8 @@ async def detection_study(pipe, inputs: dict[str, list], concurrency: int = 4) -
 
     async def one(name, key, load):
         async with sem:
-            image = await pipe._run(load)
-            found = await asyncio.gather(*(pipe._detect_pass(image, p) for p in passes))
+            image = await pipe.run(load)
+            found = await asyncio.gather(*(run_pass(image, p, pipe) for p in passes))
             per_pass = dict(zip(passes, found))
             out[name][key] = {c.key: [d.box.tolist() for d in combine(c, per_pass, pipe.config.min_face_px)]
                               for c in DETECTION_CONFIGS}
@@ -575,7 +578,6 @@ def main(argv: list[str] | None = None) -> int:
         expr["face_multitask"]["nll_found"] = true_class_nll(mt_probs, [expr_labels[i] for i in found_idx])
 
     # ---- EXPRESSION_BOX study on our chips (outside Triton, fer_xception ONNX in onnxruntime)
-    from mobidem.modelbuild import EXPRESSION_BOX
 
     chips = np.stack([ours[expr_paths[i]].chip for i in found_idx]) if found_idx else np.zeros((0, 150, 150, 3), np.uint8)
     study = []
@@ -688,7 +690,7 @@ def render_detection(r: dict, w) -> None:
     first = rows[0]
     w("## Detection: which detector configuration\n")
     w("Each row is one configuration of our detector, built from the pipeline's own passes "
-      "(`Pipeline._detect_pass` with `DetectorPass` objects, merged by `blazeface.weighted_nms` at IoU 0.3 as "
+      "(the blazeface plugin's `run_pass` with `Pass` objects, merged by `blazeface.weighted_nms` at IoU 0.3 as "
       "`Pipeline.detect` does; the fallback row is the old rule), all through Triton, faces under 16 px dropped. "
       "Scores are BlazeFace probabilities; a margin shrinks the letterboxed image so that that fraction of its longer "
       "side stays empty on each side; tiles are 640 px squares overlapping by 128 px, run only on images whose "
@@ -733,7 +735,7 @@ def render_detection(r: dict, w) -> None:
       f"shrinks away ({d['video_hog_hit']} -> {e['video_hog_hit']} of {hog} HOG faces, {d['video_faces']} -> "
       f"{e['video_faces']} faces found) and change nothing on images of 1280 px or less. Every row finds a face in "
       f"{', '.join(sorted({str(x['expressions_with_face']) for x in rows}))} of the {e['expressions']} expression crops. Row (e) is what "
-      "`PipelineConfig(detector=\"auto\")` runs"
+      "the default detector plugin `blazeface` runs"
       + (" (checked: it gives the pipeline's own face counts on noface/, multiface/ and expressions/)."
          if r.get("detection_configs_auto_matches_pipeline") else ".") + "\n")
 
@@ -876,7 +878,7 @@ def render(r: dict) -> str:
     best = min(r["expression_box_study"], key=lambda s: (-s["correct"], s["nll_found"]))
     old = next(s for s in r["expression_box_study"] if tuple(s["box"]) == (25, 25, 125, 125))
     w(f"\nBest box here (most correct, then lowest NLL): {tuple(best['box'])}. `EXPRESSION_BOX` in "
-      f"`server/mobidem/modelbuild.py` is {tuple(r['expression_box'])}. It was (25, 25, 125, 125) before this study; "
+      f"`plugins/builtin/mobidem_builtin_plugins/faces.py` is {tuple(r['expression_box'])}. It was (25, 25, 125, 125) before this study; "
       "that crop cuts off the brow, chin and face outline that FER2013-style face crops include, and scored at the "
       "majority-class baseline. The whole chip (dlib padding 0.25) is the closest to fer's own crop (face box + margin) "
       "that the 150x150 chip allows; the plain-crop row above, which sees even more context, is better still. With "

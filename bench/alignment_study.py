@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "server"))
+# mobidem is installed (make setup); never put server/ on sys.path: a stale egg-info there hides the plugins
 
 from mobidem.vision import align, blazeface as bf  # noqa: E402
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "server"))
+# mobidem is installed (make setup); server/ is not put on sys.path (a stale egg-info there would hide the plugins)
 
 from mobidem.client import MobidemClient, to_image, video_frames  # noqa: E402
 from mobidem.v1 import mobidem_pb2 as pb  # noqa: E402
