@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import hmac
 
-import grpc
 
 from mobidem import logs
+from mobidem.api.errors import WrappingInterceptor, stream_items
 from mobidem.auth import ANY_ROLE, HEALTH_PREFIX, METHOD_ROLES, REFLECTION_PREFIXES, KeyStore
 from mobidem.errors import PermissionDenied, Unauthenticated
 
 HOW = "send metadata `x-api-key: <key>` or `authorization: Bearer <key>`"
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(WrappingInterceptor):
     def __init__(self, keys: KeyStore | None, exempt_health: bool = True, exempt_reflection: bool = False):
         self.keys = keys
         self.exempt_health = exempt_health
@@ -88,29 +88,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         async def handler(request, context):
             tokens = self._enter(method, context)
             try:
-                result = behavior(request, context)
-                if hasattr(result, "__aiter__"):
-                    async for item in result:
-                        yield item
-                else:  # a coroutine that writes with context.write (e.g. Health/Watch)
-                    await result
+                async for item in stream_items(behavior(request, context)):
+                    yield item
             finally:
                 self._exit(tokens)
-        return handler
-
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        if handler.unary_unary:
-            return handler._replace(unary_unary=self._unary(handler.unary_unary, method))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=self._unary(handler.stream_unary, method))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=self._stream(handler.unary_stream, method))
-        if handler.stream_stream:
-            return handler._replace(stream_stream=self._stream(handler.stream_stream, method))
         return handler
 
 

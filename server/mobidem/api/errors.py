@@ -93,7 +93,41 @@ def _set_deadline(context) -> None:
     deadline.set(time.monotonic() + remaining if remaining is not None else None)
 
 
-class ObservingInterceptor(grpc.aio.ServerInterceptor):
+async def stream_items(result):
+    """Items of a streaming handler's result: an async generator, or a coroutine that writes with
+    ``context.write`` (e.g. grpc.health.v1 Watch), which yields nothing here."""
+    if hasattr(result, "__aiter__"):
+        async for item in result:
+            yield item
+    else:
+        await result
+
+
+class WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """Base for interceptors that wrap every RPC's behaviour: subclasses give ``_unary`` and
+    ``_stream`` (each ``(behavior, method) -> handler``) and may adjust the handler in ``_prepare``."""
+
+    def _prepare(self, handler):
+        return handler
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        handler = self._prepare(handler)
+        method = handler_call_details.method
+        if handler.unary_unary:
+            return handler._replace(unary_unary=self._unary(handler.unary_unary, method))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=self._unary(handler.stream_unary, method))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=self._stream(handler.unary_stream, method))
+        if handler.stream_stream:
+            return handler._replace(stream_stream=self._stream(handler.stream_stream, method))
+        return handler
+
+
+class ObservingInterceptor(WrappingInterceptor):
     def __init__(self, metrics: Metrics | None = None):
         self.metrics = metrics
 
@@ -130,7 +164,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             _set_deadline(context)
             try:
                 request = _checked(request) if hasattr(request, "__aiter__") else _check(request)
-                async for item in behavior(request, context):
+                async for item in stream_items(behavior(request, context)):
                     yield item
                 finished = True
             except Exception as e:  # noqa: BLE001
@@ -143,19 +177,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 request_id.reset(token)
         return handler
 
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
+    def _prepare(self, handler):
         if handler.request_deserializer is not None:
             handler = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
-        if handler.unary_unary:
-            return handler._replace(unary_unary=self._unary(handler.unary_unary, method))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=self._unary(handler.stream_unary, method))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=self._stream(handler.unary_stream, method))
-        if handler.stream_stream:
-            return handler._replace(stream_stream=self._stream(handler.stream_stream, method))
         return handler
