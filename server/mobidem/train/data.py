@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+EXPRESSION_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")  # fer's order, as served
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DETECTOR = "blazeface"  # the server's default detector plugin (mobidem.config.Settings.detector)
 
@@ -136,6 +137,11 @@ def load_or_build(root: str | Path, cache: str | Path, triton_url: str | None = 
                   repository: str | Path | None = None, echo=print) -> ChipSet:
     """The dataset's chips, from ``cache`` when it matches the files, else extracted through Triton."""
     root, cache = Path(root), Path(cache)
+    if not root.exists() and cache.exists():  # cache only (e.g. copied to a GPU host without the images)
+        echo(f"{root} is absent: using the cached chips in {cache} as they are")
+        with np.load(cache, allow_pickle=False) as z:
+            return ChipSet(z["chips"], z["labels"].astype(np.int64), [str(n) for n in z["names"]],
+                           [str(p) for p in z["paths"]])
     items = scan(root)
     fp = _fingerprint(root, items)
     if cache.exists():
@@ -165,8 +171,6 @@ def load_or_build(root: str | Path, cache: str | Path, triton_url: str | None = 
 
 def expression_targets(ds: ChipSet) -> np.ndarray:
     """Map the dataset's label names to EXPRESSION_LABELS indices (raises on an unknown label)."""
-    from mobidem.convert.keras_h5 import LABELS as EXPRESSION_LABELS
-
     unknown = [n for n in ds.names if n not in EXPRESSION_LABELS]
     if unknown:
         raise ValueError(f"expression folders {unknown} are not among {EXPRESSION_LABELS}")

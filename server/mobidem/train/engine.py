@@ -195,7 +195,7 @@ def verification_metrics(emb: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def expression_metrics(probs: np.ndarray, targets: np.ndarray) -> dict:
-    from mobidem.convert.keras_h5 import LABELS as EXPRESSION_LABELS
+    from mobidem.train.data import EXPRESSION_LABELS
 
     pred = probs.argmax(1)
     per = {}

@@ -28,7 +28,7 @@ from torch import nn
 
 from mobidem.convert.dlib_resnet import DlibLayer, DlibNet, parse
 
-EXPRESSION_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")  # fer's order, served
+from mobidem.train.data import EXPRESSION_LABELS  # noqa: E402
 N_EXPRESSIONS = len(EXPRESSION_LABELS)
 FEATURE_DIM = 256
 EMBEDDING_DIM = 128
@@ -165,6 +165,8 @@ def dlib_weights_path() -> Path:
     """The dlib ResNet weights file that the model build converts (in face-recognition-models)."""
     import importlib.metadata as md
 
+    if os.environ.get("MOBIDEM_DLIB_DAT"):  # e.g. on a GPU host without face-recognition-models
+        return Path(os.environ["MOBIDEM_DLIB_DAT"])
     try:
         path = Path(md.distribution(DLIB_DISTRIBUTION).locate_file(DLIB_FILE))
     except md.PackageNotFoundError:
