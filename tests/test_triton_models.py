@@ -100,8 +100,15 @@ def test_dynamic_batching_merges_concurrent_requests(triton, faces):
     with cf.ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda _: infer(grpcclient.InferenceServerClient(triton.grpc_url), "dlib_resnet",
                                       {"chip": chip}, ["embedding"]), range(64)))
-    after = _counts(client, "dlib_resnet")
-    inferences, executions = after[0] - before[0], after[1] - before[1]
+    import time
+
+    deadline = time.monotonic() + 10
+    while True:  # Triton updates its statistics just after answering: wait for all 64 to show
+        after = _counts(client, "dlib_resnet")
+        inferences, executions = after[0] - before[0], after[1] - before[1]
+        if inferences >= 64 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert inferences >= 64
     assert executions < inferences, f"no request was batched ({executions} executions for {inferences})"
 

@@ -39,10 +39,10 @@ class Pass:
 
 
 # Chosen by measurement on the shared data (docs/ACCURACY.md, "Detection"): the short-range model
-# with a 10 % margin finds near and frame-filling faces; the full-range model finds the small far
+# with a 15 % margin finds near and frame-filling faces; the full-range model finds the small far
 # ones, and on 640 px tiles of large frames the faces that letterboxing a 1080p frame shrinks away;
 # merged by weighted NMS they miss fewest faces with no false face on noface/.
-SHORT_PASS = Pass(blazeface.SHORT_RANGE, 0.6, margin=0.1)
+SHORT_PASS = Pass(blazeface.SHORT_RANGE, 0.6, margin=0.15)
 FULL_PASSES = (Pass(blazeface.FULL_RANGE, 0.3), Pass(blazeface.FULL_RANGE, 0.3, tile=640))
 
 
