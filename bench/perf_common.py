@@ -178,3 +178,46 @@ def encode_jpeg(frames: list[np.ndarray], quality: int = 90) -> list[bytes]:
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def matmul_peak(seconds: float = 3.0, n: int = 2048) -> dict:
+    """float32 matrix-multiply peak of this machine with numpy's BLAS (all cores): best of repeated
+    n x n products, GFLOP/s = 2 n^3 / time."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = a.T.copy()
+    a @ b  # warm-up
+    best, runs, t_end = 0.0, [], time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t = time.perf_counter()
+        a @ b
+        g = 2 * n ** 3 / (time.perf_counter() - t) / 1e9
+        runs.append(g)
+        best = max(best, g)
+    return {"best": best, "median": median(runs), "runs": len(runs), "n": n}
+
+
+def cpu_by_process(root: int) -> dict[str, float]:
+    """CPU seconds so far of this benchmark's process tree, by role (gateway, tritonserver, each
+    Python-backend stub by model, this benchmark process)."""
+    out: dict[str, float] = {}
+    for pid in _tree_pids(root):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = " ".join(c.decode(errors="replace") for c in cmd)
+        if pid == root:
+            role = "benchmark process (clients)"
+        elif "tritonserver" in text and "stub" not in text:
+            role = "tritonserver (gRPC, dynamic batcher)"
+        elif "stub" in text:
+            model = next((part for part in Path(text.split()[1]).parts if part in (
+                "blazeface_short", "blazeface_full", "face_multitask", "dlib_resnet", "fer_xception")), "?") \
+                if len(text.split()) > 1 else "?"
+            role = f"Triton stub {model} (ONNX Runtime)"
+        elif "serve" in text:
+            role = "gateway (mobidem serve)"
+        else:
+            role = "other: " + Path(text.split()[0]).name if text.split() else "other"
+        out[role] = out.get(role, 0.0) + _proc_cpu(pid) / CLK
+    return out

@@ -20,15 +20,15 @@ from perf_common import ROOT, log, percentile
 class Gateway:
     """`mobidem serve --triton-url ...` in its own process (its own GIL), on a free port."""
 
-    def __init__(self, triton_url: str, workdir: Path):
+    def __init__(self, triton_url: str, workdir: Path, *extra: str):
         from mobidem.managed_triton import free_port
 
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
-        self.logfile = open(workdir / "gateway.log", "wb")
+        self.logfile = open(workdir / f"gateway-{self.port}.log", "wb")
         exe = Path(sys.executable).with_name("mobidem")
         cmd = [str(exe), "serve", "--triton-url", triton_url, "--data-dir", str(workdir / "gateway"),
-               "--listen", self.target, "--log-level", "WARNING"]
+               "--listen", self.target, "--log-level", "WARNING", "--metrics-listen", "", *extra]
         self.process = subprocess.Popen(cmd, stdout=self.logfile, stderr=subprocess.STDOUT, cwd=ROOT,
                                         start_new_session=True)
         from mobidem.client import MobidemClient
@@ -95,12 +95,16 @@ def _one_stream(target, jpegs, drop_policy, max_in_flight, fps, barrier, out):
 
 
 def streams(target: str, jpegs: list[bytes], n: int, drop_policy: int, max_in_flight: int = 0,
-            fps: float = 0.0) -> dict:
-    """n concurrent streams, each sending all of ``jpegs``; aggregate numbers."""
+            fps: float = 0.0, per_stream: int = 0) -> dict:
+    """n concurrent streams, each sending ``per_stream`` consecutive frames of ``jpegs`` (all when 0),
+    stream i starting i/n of the way into the video (wrapping), so that together they cover it;
+    aggregate numbers."""
     barrier = threading.Barrier(n)
     out: list[dict] = []
-    threads = [threading.Thread(target=_one_stream, args=(target, jpegs, drop_policy, max_in_flight, fps, barrier, out))
-               for _ in range(n)]
+    k = per_stream or len(jpegs)
+    parts = [[jpegs[(i * len(jpegs) // n + j) % len(jpegs)] for j in range(k)] for i in range(n)]
+    threads = [threading.Thread(target=_one_stream, args=(target, parts[i], drop_policy, max_in_flight, fps, barrier, out))
+               for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
@@ -112,7 +116,7 @@ def streams(target: str, jpegs: list[bytes], n: int, drop_policy: int, max_in_fl
     srv = [x for r in out for x in r["server"]]
     ok, faces = sum(r["ok"] for r in out), sum(r["faces"] for r in out)
     errors = set().union(*(r.get("errors", set()) for r in out))
-    return {"streams": n, "frames": n * len(jpegs), "ok": ok, "dropped": sum(r["dropped"] for r in out),
+    return {"streams": n, "frames": n * k, "ok": ok, "dropped": sum(r["dropped"] for r in out),
             "failed": sum(r["failed"] for r in out), "errors": sorted(errors), "faces": faces, "wall_s": wall,
             "fps": ok / wall, "faces_per_s": faces / wall, "p50": percentile(lat, 50), "p99": percentile(lat, 99),
             "srv_p50": percentile(srv, 50), "srv_p99": percentile(srv, 99)}
@@ -136,50 +140,49 @@ def combine(reps: list[dict], video: str) -> dict:
     return out
 
 
-# ------------------------------------------------------------------------------------------ direct
-def direct(triton_url: str, frames: list[np.ndarray]) -> dict:
-    """What the gateway does for a frame, sequentially, straight to Triton (no JPEG, no gRPC front end):
-    letterbox -> blazeface_short (then blazeface_full if nothing) -> decode -> chips -> face_multitask."""
-    import tritonclient.grpc as grpcclient
+# ------------------------------------------------------------------------------------------ profile
+def profile(pid: int, seconds: float, out: Path) -> dict:
+    """py-spy (sampling, --threads, --gil off) on the gateway for ``seconds``: top functions by own
+    samples and by inclusive samples, and each thread's share of the samples."""
+    exe = Path(sys.executable).with_name("py-spy")
+    if not exe.exists():
+        return {"error": "py-spy is not installed (.venv/bin/pip install py-spy)"}
+    cmd = [str(exe), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250",
+           "--format", "raw", "--threads", "--nonblocking", "--output", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return {"proc": proc, "out": out}
 
-    from mobidem.vision import blazeface
-    from mobidem.vision.align import CHIP_SIZE, align_chip
 
-    client = grpcclient.InferenceServerClient(triton_url)
-
-    def infer(model, name, x, outs):
-        t = grpcclient.InferInput(name, list(x.shape), "UINT8")
-        t.set_data_from_numpy(x)
-        r = client.infer(model, [t], outputs=[grpcclient.InferRequestedOutput(o) for o in outs])
-        return [r.as_numpy(o) for o in outs]
-
-    def one(image):
-        found = []
-        for spec in (blazeface.SHORT_RANGE, blazeface.FULL_RANGE):
-            boxed, lb = blazeface.letterbox(image, spec.input_size)
-            reg, sc = infer(spec.name, "image", boxed[None], ["regressors", "scores"])
-            found = blazeface.decode(reg[0], sc[0], spec, lb, score_threshold=0.5)
-            if found:
-                break
-        found = found[:32]
-        if found:
-            chips = np.empty((len(found), CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
-            for i, d in enumerate(found):
-                chips[i] = align_chip(image, d.keypoints)[0]
-            infer("face_multitask", "chip", chips, ["embedding", "expression"])
-        return len(found)
-
-    one(frames[0])  # warm-up
-    per, faces = [], 0
-    t0 = time.perf_counter()
-    for f in frames:
-        t = time.perf_counter()
-        faces += one(f)
-        per.append((time.perf_counter() - t) * 1000)
-    wall = time.perf_counter() - t0
-    client.close()
-    return {"frames": len(frames), "faces": faces, "fps": len(frames) / wall, "p50": percentile(per, 50),
-            "p99": percentile(per, 99), "mean": float(np.mean(per))}
+def profile_result(handle: dict) -> dict:
+    if "error" in handle:
+        return handle
+    _, err = handle["proc"].communicate(timeout=60)
+    path = handle["out"]
+    if not path.exists():
+        return {"error": f"py-spy failed: {err.decode(errors='replace')[-300:]}"}
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    threads: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        total += n
+        thread = frames[0]
+        name = "event loop (main thread)" if "MainThread" in thread or "mobidem" not in thread and "Thread" not in thread \
+            else ("image pool (mobidem-image)" if "mobidem-image" in thread else thread.split("(")[0].strip()[:40])
+        threads[name] = threads.get(name, 0) + n
+        fn = [f.split(" (")[0] + " (" + f.rsplit("/", 1)[-1] if "/" in f else f for f in frames[1:]]
+        if fn:
+            own[fn[-1]] = own.get(fn[-1], 0) + n
+        for f in set(fn):
+            incl[f] = incl.get(f, 0) + n
+    top = lambda d: [(k, 100.0 * v / total) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:15]]  # noqa: E731
+    return {"samples": total, "own": top(own), "inclusive": top(incl),
+            "threads": [(k, 100.0 * v / total) for k, v in sorted(threads.items(), key=lambda kv: -kv[1])]}
 
 
 def decode_ms(jpegs: list[bytes]) -> float:

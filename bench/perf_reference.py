@@ -27,19 +27,20 @@ class FaceRecognitionPipeline:
         self.encoder = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
 
     def __call__(self, rgb: np.ndarray) -> list[np.ndarray]:
-        boxes = self.detector(rgb, 1)
-        return [np.array(self.encoder.compute_face_descriptor(rgb, self.shape(rgb, b), 1)) for b in boxes]
+        self.boxes = self.detector(rgb, 1)
+        return [np.array(self.encoder.compute_face_descriptor(rgb, self.shape(rgb, b), 1)) for b in self.boxes]
 
 
 def run(frames: list[np.ndarray]) -> dict:
     pipe = FaceRecognitionPipeline()
     pipe(frames[0])  # warm-up (not timed)
-    per_frame, faces = [], 0
+    per_frame, faces, boxes = [], 0, []
     t0 = time.perf_counter()
     for f in frames:
         t = time.perf_counter()
         faces += len(pipe(f))
         per_frame.append((time.perf_counter() - t) * 1000)
+        boxes.append([[b.left(), b.top(), b.right(), b.bottom()] for b in pipe.boxes])
     wall = time.perf_counter() - t0
     return {"frames": len(frames), "faces": faces, "wall_s": wall, "fps": len(frames) / wall,
-            "faces_per_s": faces / wall, "ms_per_frame": per_frame}
+            "faces_per_s": faces / wall, "ms_per_frame": per_frame, "boxes": boxes}

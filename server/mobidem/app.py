@@ -18,7 +18,7 @@ from mobidem.api.analysis import FaceAnalysisServicer
 from mobidem.api.errors import ObservingInterceptor
 from mobidem.api.gallery import GalleryServicer
 from mobidem.config import Settings
-from mobidem.errors import Unavailable
+from mobidem.errors import InvalidArgument, Unavailable
 from mobidem.audit import AuditLog
 from mobidem.gallery import Gallery
 from mobidem.gallery.crypto import load_key
@@ -29,7 +29,7 @@ from mobidem.metrics import Metrics, serve_http
 from mobidem.pipeline import Pipeline, PipelineConfig
 from mobidem.plugins import PluginSet, check_io
 from mobidem.streaming import StreamStats
-from mobidem.triton_client import TritonClient
+from mobidem.triton_client import TritonClient, is_local
 from mobidem.v1 import mobidem_pb2, mobidem_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,12 @@ class MobidemServer:
             await asyncio.to_thread(self.managed.start, s.triton_start_timeout_s)
             url = self.managed.grpc_url
             log.info("managed Triton ready on %s (metrics on 127.0.0.1:%d)", url, self.managed.metrics_port)
-        self.triton = TritonClient(url, metrics=self.metrics)
+        shm = s.triton_shared_memory.strip().lower()
+        if shm not in ("on", "off", "auto"):
+            raise InvalidArgument(f"triton_shared_memory must be on, off or auto, got {s.triton_shared_memory!r}")
+        use_shm = shm == "on" or (shm == "auto" and (self.managed is not None or is_local(url)))
+        self.triton = TritonClient(url, metrics=self.metrics, shared_memory=use_shm)
+        log.info("Triton tensors via %s", "system shared memory" if use_shm else "gRPC")
         self.pipeline = Pipeline(self.triton, plugins, PipelineConfig(threads=s.image_threads), metrics=self.metrics)
         if not await self.triton.ready(self.pipeline.models):
             raise Unavailable(f"Triton at {url} is not ready with models {self.pipeline.models}")

@@ -44,6 +44,8 @@ class Settings:
     triton_grpc_port: int = 0                  # managed Triton's ports on 127.0.0.1 (0: any free port)
     triton_http_port: int = 0
     triton_metrics_port: int = 8002            # Triton's own Prometheus metrics (0: any free port)
+    triton_shared_memory: str = "auto"         # tensors via system shared memory: on | off | auto (on for the
+                                               # managed Triton or a 127.0.0.1/localhost URL; gRPC otherwise)
     log_level: str = "INFO"
     log_format: str = "text"                   # text | json
     # security (docs/SECURITY.md)

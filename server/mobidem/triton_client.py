@@ -1,14 +1,30 @@
-"""The one place that talks to Triton: async gRPC inference, readiness and model versions."""
+"""The one place that talks to Triton: async gRPC inference, readiness and model versions.
+
+Tensors go to a co-located Triton through system shared memory when ``shared_memory`` is on: a pool
+of /dev/shm regions, each registered with Triton once (``register_system_shared_memory``) and reused
+for request after request (inputs written in place, outputs read back from the same region); gRPC
+carries only the request's metadata. Regions are named ``mobidem_gw_<pid>_<random>_<n>`` (unique per
+process), unregistered and unlinked at ``close()``; a crashed process's leftovers are removed by the
+next one. A request that does not fit the pool (too large, pool exhausted, outputs of unknown size)
+and every request to a remote Triton goes over plain gRPC. tritonclient's own
+``tritonclient.utils.shared_memory`` helper is not used because it imports ``pkg_resources``, which
+this environment does not have; the regions are plain POSIX shared memory (``/dev/shm`` + mmap),
+which is what that helper creates too.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
+import os
+import secrets
 import time
+from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
 from mobidem.errors import DeadlineExceeded, Unavailable
 from mobidem.logs import deadline
@@ -19,15 +35,146 @@ _UNAVAILABLE_HINTS = ("UNAVAILABLE", "failed to connect", "Connection refused", 
                       "unavailable", "Stub process", "is not found")
 
 
-class TritonClient:
-    """Async inference against a Triton server (managed or external) over gRPC."""
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "mobidem_gw_"
+_ALIGN = 64
 
-    def __init__(self, url: str, timeout_s: float = 30.0, metrics=None):
+
+def _aligned(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def is_local(url: str) -> bool:
+    """Whether a Triton URL (host:port) names this machine's loopback."""
+    host = url.rsplit(":", 1)[0].strip("[]").lower() if ":" in url else url.lower()
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+class _Region:
+    """One POSIX shared-memory region (/dev/shm/<name>), mapped into this process."""
+
+    def __init__(self, name: str, size: int):
+        self.name, self.size = name, size
+        self.path = SHM_DIR / name
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            self.mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.generation = -1  # the pool generation it was registered in; -1: not registered
+
+    def array(self, dtype, shape, offset: int) -> np.ndarray:
+        return np.ndarray(shape, dtype=dtype, buffer=self.mm, offset=offset)
+
+    def destroy(self) -> None:
+        try:
+            self.mm.close()
+        except BufferError:  # a view is still alive somewhere; the unlink below frees it at exit
+            pass
+        self.path.unlink(missing_ok=True)
+
+
+class SharedMemoryPool:
+    """Pre-registered regions in power-of-two size classes, reused across requests.
+
+    Only the event loop's thread touches it. ``max_bytes`` bounds the regions' total size; a request
+    that finds no free region of its class and no room for a new one goes over gRPC instead.
+    """
+
+    MIN_SIZE = 256 * 1024
+    MAX_SIZE = 16 * 1024 * 1024
+
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024):
+        _reap_dead()
+        self.prefix = f"{SHM_PREFIX}{os.getpid()}_{secrets.token_hex(4)}_"
+        self.max_bytes = max_bytes
+        self.free: dict[int, list[_Region]] = {}
+        self.regions: list[_Region] = []
+        self.generation = 0  # bumped when Triton lost the registrations (it restarted)
+        self.closed = False
+
+    @property
+    def total(self) -> int:
+        return sum(r.size for r in self.regions)
+
+    def size_class(self, nbytes: int) -> int:
+        size = self.MIN_SIZE
+        while size < nbytes:
+            size *= 2
+        return size
+
+    async def acquire(self, client, nbytes: int) -> _Region | None:
+        if self.closed or nbytes > self.MAX_SIZE:
+            return None
+        size = self.size_class(nbytes)
+        free = self.free.setdefault(size, [])
+        if free:
+            region = free.pop()
+        elif self.total + size <= self.max_bytes:
+            region = _Region(f"{self.prefix}{len(self.regions)}", size)
+            self.regions.append(region)
+        else:
+            return None
+        if region.generation != self.generation:
+            try:
+                if region.generation >= 0:  # registered with a Triton that has since restarted
+                    try:
+                        await client.unregister_system_shared_memory(region.name, client_timeout=5)
+                    except InferenceServerException:
+                        pass
+                await client.register_system_shared_memory(region.name, "/" + region.name, region.size,
+                                                           client_timeout=5)
+            except Exception:
+                free.append(region)
+                raise
+            region.generation = self.generation
+        return region
+
+    def release(self, region: _Region) -> None:
+        if self.closed:
+            region.destroy()
+        else:
+            self.free.setdefault(region.size, []).append(region)
+
+    async def close(self, client) -> None:
+        self.closed = True
+        for region in self.regions:
+            if region.generation >= 0 and client is not None:
+                try:
+                    await client.unregister_system_shared_memory(region.name, client_timeout=5)
+                except Exception:  # noqa: BLE001 - Triton may be gone already; unlink anyway
+                    pass
+            region.destroy()
+        self.regions.clear()
+        self.free.clear()
+
+
+def _reap_dead() -> None:
+    """Remove regions of mobidem processes that died without cleaning up (their pid is gone)."""
+    if not SHM_DIR.is_dir():
+        return
+    for path in SHM_DIR.glob(SHM_PREFIX + "*"):
+        try:
+            pid = int(path.name[len(SHM_PREFIX):].split("_", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
+            path.unlink(missing_ok=True)
+
+
+class TritonClient:
+    """Async inference against a Triton server (managed or external) over gRPC, tensors through
+    system shared memory when ``shared_memory`` is on (Triton on this machine)."""
+
+    def __init__(self, url: str, timeout_s: float = 30.0, metrics=None, shared_memory: bool = False):
         self.url = url
         self.timeout_s = timeout_s
         self.metrics = metrics  # mobidem.metrics.Metrics or None
         self._client: grpcclient.InferenceServerClient | None = None
         self._versions: dict[str, str] = {}
+        self.shm: SharedMemoryPool | None = SharedMemoryPool() if shared_memory else None
+        self._out_shapes: dict[str, dict[str, tuple[str, tuple[int, ...]]]] = {}  # model -> output -> (dtype, dims)
 
     @property
     def client(self) -> grpcclient.InferenceServerClient:
@@ -36,6 +183,8 @@ class TritonClient:
         return self._client
 
     async def close(self) -> None:
+        if self.shm is not None:
+            await self.shm.close(self._client)
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -63,12 +212,6 @@ class TritonClient:
 
     async def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
                     timeout_s: float | None = None) -> dict[str, np.ndarray]:
-        tensors = []
-        for name, array in inputs.items():
-            t = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            t.set_data_from_numpy(array)
-            tensors.append(t)
-        requested = [grpcclient.InferRequestedOutput(o) for o in outputs]
         timeout = timeout_s or self.timeout_s
         call_deadline = deadline.get()
         if call_deadline is not None:  # the RPC's own deadline bounds its Triton work
@@ -76,8 +219,25 @@ class TritonClient:
             if timeout <= 0:
                 raise DeadlineExceeded("the call's deadline passed before its Triton work could start")
         started = time.perf_counter()
+        batch = next(iter(inputs.values())).shape[0]
+        arrays = None
+        if self.shm is not None:
+            arrays = await self._infer_shm(model, inputs, outputs, timeout, batch)
+        if arrays is None:
+            arrays = await self._infer_grpc(model, inputs, outputs, timeout)
+        if self.metrics is not None:
+            self.metrics.triton_seconds.labels(model).observe(time.perf_counter() - started)
+            self.metrics.triton_batch.labels(model).observe(batch)
+        for name in outputs:
+            value = arrays.get(name)
+            if value is None or (value.size == 0 and batch > 0):
+                # the failure mode of numpy 2 inside the Python backend stub: empty outputs, no error
+                raise Unavailable(f"Triton model {model} returned an empty {name!r} output")
+        return arrays
+
+    async def _call(self, model, tensors, requested, timeout):
         try:
-            result = await self.client.infer(model, tensors, outputs=requested, client_timeout=timeout)
+            return await self.client.infer(model, tensors, outputs=requested, client_timeout=timeout)
         except InferenceServerException as exc:
             error = _translate(model, exc)
             self._count_error(model, error)
@@ -85,19 +245,81 @@ class TritonClient:
         except asyncio.TimeoutError:
             self._count_error(model, DeadlineExceeded())
             raise DeadlineExceeded(f"Triton model {model} did not answer in time") from None
-        if self.metrics is not None:
-            self.metrics.triton_seconds.labels(model).observe(time.perf_counter() - started)
-            self.metrics.triton_batch.labels(model).observe(next(iter(inputs.values())).shape[0])
+
+    async def _infer_grpc(self, model, inputs, outputs, timeout) -> dict[str, np.ndarray]:
+        tensors = []
+        for name, array in inputs.items():
+            t = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            t.set_data_from_numpy(array)
+            tensors.append(t)
+        requested = [grpcclient.InferRequestedOutput(o) for o in outputs]
+        result = await self._call(model, tensors, requested, timeout)
         try:
-            arrays = {o: result.as_numpy(o) for o in outputs}
+            return {o: result.as_numpy(o) for o in outputs}
         except ValueError:  # tritonclient cannot shape an empty output
-            arrays = {}
+            return {}
+
+    async def _output_shapes(self, model: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+        if model not in self._out_shapes:
+            meta = await self.metadata(model)
+            self._out_shapes[model] = {o["name"]: (o["datatype"], tuple(int(d) for d in o["shape"])[1:])
+                                       for o in meta.get("outputs", [])}
+        return self._out_shapes[model]
+
+    async def _infer_shm(self, model, inputs, outputs, timeout, batch) -> dict[str, np.ndarray] | None:
+        """Inputs and outputs in one pooled region; None: this request goes over gRPC instead."""
+        if any(a.dtype == np.object_ for a in inputs.values()):
+            return None
+        shapes = await self._output_shapes(model)
+        layout, offset = [], 0
+        for name, array in inputs.items():
+            layout.append((name, offset, array.nbytes))
+            offset += _aligned(array.nbytes)
+        out_layout = []
         for name in outputs:
-            value = arrays.get(name)
-            if value is None or (value.size == 0 and next(iter(inputs.values())).shape[0] > 0):
-                # the failure mode of numpy 2 inside the Python backend stub: empty outputs, no error
-                raise Unavailable(f"Triton model {model} returned an empty {name!r} output")
-        return arrays
+            if name not in shapes or any(d < 0 for d in shapes[name][1]):
+                return None  # unknown output size: gRPC
+            dtype, dims = shapes[name]
+            nbytes = batch * int(np.prod(dims, dtype=np.int64)) * np.dtype(triton_to_np_dtype(dtype)).itemsize
+            out_layout.append((name, offset, nbytes))
+            offset += _aligned(nbytes)
+        try:
+            region = await self.shm.acquire(self.client, offset)
+        except Exception as exc:  # noqa: BLE001 - registration failed: this request over gRPC
+            log.warning("registering a shared-memory region with Triton failed (%s); using gRPC", exc)
+            return None
+        if region is None:
+            return None
+        tensors = []
+        for (name, off, nbytes), array in zip(layout, inputs.values()):
+            region.array(array.dtype, array.shape, off)[...] = array
+            t = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            t.set_shared_memory(region.name, nbytes, off)
+            tensors.append(t)
+        requested = []
+        for name, off, nbytes in out_layout:
+            r = grpcclient.InferRequestedOutput(name)
+            r.set_shared_memory(region.name, nbytes, off)
+            requested.append(r)
+        try:
+            result = await self._call(model, tensors, requested, timeout)
+        except BaseException as exc:
+            # Triton may still write this region's outputs: keep it out of the pool for a while
+            asyncio.get_running_loop().call_later(self.timeout_s + 5, self.shm.release, region)
+            if isinstance(exc, Unavailable) and "shared memory" in str(exc).lower():
+                self.shm.generation += 1  # Triton lost the registrations (restarted): register again
+                log.warning("Triton lost the shared-memory registrations (%s); re-registering", exc)
+                return None
+            raise
+        try:
+            arrays = {}
+            for name, off, _ in out_layout:
+                out = result.get_output(name)
+                dtype = triton_to_np_dtype(out.datatype)
+                arrays[name] = region.array(dtype, tuple(out.shape), off).copy()
+            return arrays
+        finally:
+            self.shm.release(region)
 
     def _count_error(self, model: str, error: Exception) -> None:
         if self.metrics is not None:
