@@ -68,11 +68,13 @@ class StreamSession:
         self.max_in_flight = max(1, max_in_flight)
         self.drop_policy = drop_policy
         self.stats = stats or StreamStats()
-        # frames processed at once within this stream (the rest wait their turn in order); with
-        # latest-frame-wins one held place is kept for a waiting frame that a newer one can replace
+        # frames processed at once within this stream (the rest wait their turn in order): every held
+        # frame, up to 16 (a single stream asking for max_in_flight 12 measured 113 frames/s on the
+        # 640x360 clip against 100 at 4); with latest-frame-wins one held place is kept for a waiting
+        # frame that a newer one can replace
         if concurrency is None:
             spare = 1 if drop_policy == DropPolicy.LATEST_FRAME_WINS else 0
-            concurrency = max(1, min(self.max_in_flight - spare, 4))
+            concurrency = max(1, min(self.max_in_flight - spare, 16))
         self.working = asyncio.Semaphore(concurrency)
         self.held: list[_Entry] = []
         self.room = asyncio.Condition()

@@ -7,6 +7,7 @@ INTERNAL with a reference that the log line carries too, never a stack trace to 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -88,6 +89,11 @@ async def _checked(requests):
         yield _check(request)
 
 
+def _checked_request(request):
+    """The request, or for client-streaming calls its messages, with malformed ones refused."""
+    return _checked(request) if hasattr(request, "__aiter__") else _check(request)
+
+
 def _set_deadline(context) -> None:
     remaining = context.time_remaining()
     deadline.set(time.monotonic() + remaining if remaining is not None else None)
@@ -106,6 +112,67 @@ async def stream_items(result):
 class WrappingInterceptor(grpc.aio.ServerInterceptor):
     """Base for interceptors that wrap every RPC's behaviour: subclasses give ``_unary`` and
     ``_stream`` (each ``(behavior, method) -> handler``) and may adjust the handler in ``_prepare``."""
+
+    def _prepare(self, handler):
+        return handler
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        handler = self._prepare(handler)
+        method = handler_call_details.method
+        if handler.unary_unary:
+            return handler._replace(unary_unary=self._unary(handler.unary_unary, method))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=self._unary(handler.stream_unary, method))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=self._stream(handler.unary_stream, method))
+        if handler.stream_stream:
+            return handler._replace(stream_stream=self._stream(handler.stream_stream, method))
+        return handler
+
+
+class ObservingInterceptor(WrappingInterceptor):
+    def __init__(self, metrics: Metrics | None = None):
+        self.metrics = metrics
+
+    def _record(self, method: str, code: str, started: float) -> None:
+        if self.metrics is not None:
+            short = method.rsplit("/", 1)[-1]
+            self.metrics.grpc_requests.labels(short, code).inc()
+            self.metrics.grpc_seconds.labels(short).observe(time.perf_counter() - started)
+
+    @contextlib.asynccontextmanager
+    async def _observed(self, method: str, context):
+        """Around one RPC: request id, deadline, error -> status, metrics."""
+        started, state = time.perf_counter(), {"exc": None, "finished": False}
+        token = request_id.set(uuid.uuid4().hex[:16])
+        _set_deadline(context)
+        try:
+            yield
+            state["finished"] = True
+        except Exception as e:  # noqa: BLE001 - mapped to a status below
+            state["exc"] = e
+            if isinstance(e, grpc.aio.AbortError) or context.code() is not None:
+                raise
+            await _abort_for(e, context, method)
+        finally:
+            self._record(method, _code(context, state["exc"], state["finished"]), started)
+            request_id.reset(token)
+
+    def _unary(self, behavior, method):
+        async def handler(request, context):
+            async with self._observed(method, context):
+                return await behavior(_checked_request(request), context)
+        return handler
+
+    def _stream(self, behavior, method):
+        async def handler(request, context):
+            async with self._observed(method, context):
+                async for item in stream_items(behavior(_checked_request(request), context)):
+                    yield item
+        return handler
 
     def _prepare(self, handler):
         return handler
