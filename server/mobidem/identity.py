@@ -91,18 +91,14 @@ class IdentityService:
         point = self.point(operating_point)
         result = self.gallery.search(embedding, k=top_k, model_name=self.model_name,
                                      model_version=self.model_version)
-        names = {m.identity_id: self._name(m.identity_id) for m in result.matches}
-        candidates = [(m.identity_id, names[m.identity_id], float(m.distance)) for m in result.matches]
+        candidates = [(m.identity_id, self.gallery.display_name(m.identity_id), float(m.distance))
+                      for m in result.matches]
         best = candidates[0] if candidates else None
         known = best is not None and best[2] <= point.threshold
         return Match(known=known, identity_id=best[0] if known else "", display_name=best[1] if known else "",
                      distance=best[2] if best else float("inf"), threshold=point.threshold,
                      operating_point=point.name, candidates=candidates,
                      stale_identities=len(result.stale_identities))
-
-    def _name(self, identity_id: str) -> str:
-        identity = self.gallery.get(identity_id)
-        return identity.display_name if identity else ""
 
     async def identify(self, load: Loader, top_k: int, operating_point: str) -> Match:
         embedding = await self._embed_one(load, "probe", face_index=0)

@@ -383,41 +383,41 @@ def _out_size(n: int, window: int, stride: int, pad: int) -> int:
     return 1 + (n + 2 * pad - window) // stride
 
 
-def convert(dat_path: str | os.PathLike) -> onnx.ModelProto:
-    """Build the ONNX model for dlib's face-recognition ResNet.
+class GraphBuilder:
+    """Collects ONNX nodes and initialisers with unique names."""
 
-    Input ``chip``: float32 [N, 150, 150, 3], RGB 0..255 (NHWC, a dlib matrix<rgb_pixel> / the uint8 chip
-    from ``dlib.get_face_chip`` cast to float).  Output ``embedding``: float32 [N, 128], dlib's face
-    descriptor (not L2-normalised).  The input normalisation and the affine layers are folded into the
-    convolution weights; the graph uses only Transpose, Conv, Relu, MaxPool, AveragePool, Pad, Add,
-    GlobalAveragePool, Flatten and MatMul.  opset 17, IR version 8.
-    """
-    net = parse(dat_path)
-    nodes: list[onnx.NodeProto] = []
-    inits: list[onnx.TensorProto] = []
-    counter = {"n": 0}
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self._n = 0
 
-    def name(prefix: str) -> str:
-        counter["n"] += 1
-        return f"{prefix}_{counter['n']}"
+    def name(self, prefix: str) -> str:
+        self._n += 1
+        return f"{prefix}_{self._n}"
 
-    def const(prefix: str, arr: np.ndarray) -> str:
-        n = name(prefix)
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), n))
+    def const(self, prefix: str, arr: np.ndarray) -> str:
+        n = self.name(prefix)
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), n))
         return n
 
-    def node(op: str, inputs: list[str], **kw) -> str:
-        out = name(op.lower())
-        nodes.append(helper.make_node(op, inputs, [out], name=out, **kw))
+    def node(self, op: str, inputs: list[str], out: str | None = None, **kw) -> str:
+        out = out or self.name(op.lower())
+        self.nodes.append(helper.make_node(op, inputs, [out], name=out, **kw))
         return out
 
-    # Current tensor: (name, channels, rows, cols)
-    cur = node("Transpose", ["chip"], perm=[0, 3, 1, 2])
-    shape = (3, net.input.nr, net.input.nc)
+
+def build_trunk(net: DlibNet, g: GraphBuilder, chip: str) -> tuple[str, DlibLayer]:
+    """Append dlib's layers, from ``chip`` (float32 NHWC RGB 0..255) to the pooled features.
+
+    Returns the name of the features tensor [N, 256] (``Flatten`` of the global average pool) and the
+    final ``fc`` layer, which the caller turns into the embedding head. The input normalisation and
+    the affine layers are folded into the convolution weights.
+    """
+    cur = g.node("Transpose", [chip], perm=[0, 3, 1, 2])
+    shape = (3, net.input.nr, net.input.nc)  # channels, rows, cols
     mean = np.asarray(net.input.mean_rgb, dtype=np.float64)
     first_conv = True
     tags: dict[int, tuple[str, tuple[int, int, int]]] = {}
-
     layers = net.layers
     i = 0
     while i < len(layers):
@@ -428,9 +428,9 @@ def convert(dat_path: str | os.PathLike) -> onnx.ModelProto:
             b = layer.weights["bias"].astype(np.float64)
             nxt = layers[i + 1] if i + 1 < len(layers) else None
             if nxt is not None and nxt.kind == "affine":  # fold y = gamma * conv + beta
-                g = nxt.weights["gamma"].astype(np.float64)
-                w = w * g[:, None, None, None]
-                b = b * g + nxt.weights["beta"]
+                gamma = nxt.weights["gamma"].astype(np.float64)
+                w = w * gamma[:, None, None, None]
+                b = b * gamma + nxt.weights["beta"]
                 i += 1
             py, px = layer.attrs["padding"]
             if first_conv:
@@ -442,32 +442,27 @@ def convert(dat_path: str | os.PathLike) -> onnx.ModelProto:
                 first_conv = False
             kh, kw = layer.attrs["kernel"]
             sy, sx = layer.attrs["stride"]
-            cur = node(
-                "Conv",
-                [cur, const("W", w.astype(np.float32)), const("B", b.astype(np.float32))],
-                kernel_shape=[kh, kw],
-                strides=[sy, sx],
-                pads=[py, px, py, px],
-            )
+            cur = g.node("Conv", [cur, g.const("W", w.astype(np.float32)), g.const("B", b.astype(np.float32))],
+                         kernel_shape=[kh, kw], strides=[sy, sx], pads=[py, px, py, px])
             shape = (w.shape[0], _out_size(shape[1], kh, sy, py), _out_size(shape[2], kw, sx, px))
         elif k == "affine":  # not preceded by a conv
-            g = layer.weights["gamma"].reshape(1, -1, 1, 1)
-            be = layer.weights["beta"].reshape(1, -1, 1, 1)
-            cur = node("Add", [node("Mul", [cur, const("gamma", g)]), const("beta", be)])
+            gamma = layer.weights["gamma"].reshape(1, -1, 1, 1)
+            beta = layer.weights["beta"].reshape(1, -1, 1, 1)
+            cur = g.node("Add", [g.node("Mul", [cur, g.const("gamma", gamma)]), g.const("beta", beta)])
         elif k == "relu":
-            cur = node("Relu", [cur])
+            cur = g.node("Relu", [cur])
         elif k in ("max_pool", "avg_pool"):
             wr, wc = layer.attrs["window"]
             sy, sx = layer.attrs["stride"]
             py, px = layer.attrs["padding"]
             if k == "avg_pool" and (wr, wc) == (0, 0):
-                cur = node("GlobalAveragePool", [cur])
+                cur = g.node("GlobalAveragePool", [cur])
                 shape = (shape[0], 1, 1)
             else:
                 if k == "avg_pool" and (py, px) != (0, 0):
                     raise ValueError("padded avg_pool is not supported")
                 op = "MaxPool" if k == "max_pool" else "AveragePool"
-                cur = node(op, [cur], kernel_shape=[wr, wc], strides=[sy, sx], pads=[py, px, py, px])
+                cur = g.node(op, [cur], kernel_shape=[wr, wc], strides=[sy, sx], pads=[py, px, py, px])
                 shape = (shape[0], _out_size(shape[1], wr, sy, py), _out_size(shape[2], wc, sx, px))
         elif k == "tag":
             tags[layer.attrs["id"]] = (cur, shape)
@@ -481,29 +476,47 @@ def convert(dat_path: str | os.PathLike) -> onnx.ModelProto:
                 if s == out_shape:
                     return t
                 pads = [0, 0, 0, 0, 0, *(o - a for o, a in zip(out_shape, s))]
-                return node("Pad", [t, const("pads", np.asarray(pads, dtype=np.int64))], mode="constant")
+                return g.node("Pad", [t, g.const("pads", np.asarray(pads, dtype=np.int64))], mode="constant")
 
-            cur = node("Add", [pad_to(cur, shape), pad_to(other, oshape)])
+            cur = g.node("Add", [pad_to(cur, shape), pad_to(other, oshape)])
             shape = out_shape
         elif k == "fc":
-            if shape[1:] != (1, 1):
-                raise ValueError("fc after a non-global layer is not supported")
-            flat = node("Flatten", [cur], axis=1)
-            cur = node("MatMul", [flat, const("fcW", layer.weights["weight"])])
-            if layer.attrs["has_bias"]:
-                cur = node("Add", [cur, const("fcB", layer.weights["bias"])])
-            shape = (layer.attrs["num_outputs"],)
+            if shape[1:] != (1, 1) or i != len(layers) - 1:
+                raise ValueError("expected dlib's fc last, after a global average pool")
+            return g.node("Flatten", [cur], "features", axis=1), layer
         else:  # pragma: no cover - parse() only yields the kinds above
             raise ValueError(f"unsupported layer kind {k}")
         i += 1
+    raise ValueError("the network has no fc layer")
 
-    nodes[-1].output[0] = "embedding"
+
+def embedding_head(g: GraphBuilder, features: str, fc: DlibLayer) -> str:
+    """dlib's fc (y = x . W [+ b]) as the graph output ``embedding``."""
+    if fc.attrs["has_bias"]:
+        product = g.node("MatMul", [features, g.const("fcW", fc.weights["weight"])])
+        return g.node("Add", [product, g.const("fcB", fc.weights["bias"])], "embedding")
+    return g.node("MatMul", [features, g.const("fcW", fc.weights["weight"])], "embedding")
+
+
+def convert(dat_path: str | os.PathLike) -> onnx.ModelProto:
+    """Build the ONNX model for dlib's face-recognition ResNet.
+
+    Input ``chip``: float32 [N, 150, 150, 3], RGB 0..255 (NHWC, a dlib matrix<rgb_pixel> / the uint8 chip
+    from ``dlib.get_face_chip`` cast to float).  Output ``embedding``: float32 [N, 128], dlib's face
+    descriptor (not L2-normalised).  The input normalisation and the affine layers are folded into the
+    convolution weights; the graph uses only Transpose, Conv, Relu, MaxPool, AveragePool, Pad, Add,
+    GlobalAveragePool, Flatten and MatMul.  opset 17, IR version 8.
+    """
+    net = parse(dat_path)
+    g = GraphBuilder()
+    features, fc = build_trunk(net, g, "chip")
+    embedding_head(g, features, fc)
     graph = helper.make_graph(
-        nodes,
+        g.nodes,
         "dlib_face_recognition_resnet_model_v1",
         [helper.make_tensor_value_info("chip", TensorProto.FLOAT, ["N", net.input.nr, net.input.nc, 3])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", shape[0]])],
-        inits,
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", fc.attrs["num_outputs"]])],
+        g.inits,
     )
     model = helper.make_model(
         graph,

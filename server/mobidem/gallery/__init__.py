@@ -61,6 +61,7 @@ class Gallery:
         self.store = store
         self.index = index if index is not None else GalleryIndex.from_store(store)
         self._write_lock = threading.Lock()  # orders store commit + index update across writers
+        self._names: dict[str, str] = {}  # display names for search results, kept in step with writes
 
     @classmethod
     def open(cls, path: str, **store_kwargs) -> Gallery:
@@ -83,13 +84,26 @@ class Gallery:
                                    t.quality, res.identity.updated_at)
                     for tid, t in zip(res.template_ids, templates)
                 )
+                self._names[res.identity.id] = res.identity.display_name
             return res
 
     def delete(self, identity_id: str) -> int:
         with self._write_lock:
             n = self.store.delete(identity_id)
             self.index.remove_identity(identity_id)
+            self._names.pop(identity_id, None)
             return n
+
+    def display_name(self, identity_id: str) -> str:
+        """An identity's display name ("" if unknown), from memory after the first look-up: matching
+        calls this for every candidate of every face, so it must not query the store each time."""
+        name = self._names.get(identity_id)
+        if name is None:
+            identity = self.store.get(identity_id)
+            name = identity.display_name if identity else ""
+            if identity is not None:
+                self._names[identity_id] = name
+        return name
 
     def search(
         self,
