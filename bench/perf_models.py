@@ -1,11 +1,17 @@
 """Each model alone: ONNX Runtime in this process (1 and 2 intra-op threads) vs the same ONNX file
 behind Triton, called through the gateway's own client (mobidem.triton_client.TritonClient, one
-request at a time) with tensors over gRPC and through system shared memory; batch 1 and 16,
-interleaved rounds."""
+request at a time) with tensors over gRPC and through system shared memory, and through Triton's own
+C++ benchmarking client, perf_analyzer (tritonclient ships it; concurrency 1, system shared memory);
+batch 1 and 16, interleaved rounds."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +26,44 @@ MODELS = {  # model -> (input name, per-item shape, outputs)
 }
 BATCHES = (1, 16)
 PATHS = ("ort1", "ort2", "triton", "triton_shm")
+PA_ROUNDS = 3  # perf_analyzer rounds (each call measures for a few seconds)
+
+
+def perf_analyzer_env() -> tuple[Path, dict] | str:
+    """The perf_analyzer binary and its environment, or why it cannot run here."""
+    exe = Path(sys.executable).with_name("perf_analyzer")
+    if not exe.exists():
+        return f"{exe} not found (it comes with tritonclient[all])"
+    env = dict(os.environ)
+    try:
+        import nvidia.cuda_runtime  # its libcudart.so.12, which perf_analyzer links even on a CPU machine
+
+        lib = Path(list(nvidia.cuda_runtime.__path__)[0]) / "lib"
+        env["LD_LIBRARY_PATH"] = f"{lib}:{env.get('LD_LIBRARY_PATH', '')}"
+    except ImportError:
+        pass
+    probe = subprocess.run([str(exe), "--version"], capture_output=True, text=True, env=env)
+    if "error while loading shared libraries" in probe.stderr:
+        return ("perf_analyzer cannot start: " + probe.stderr.strip()[-200:]
+                + " (make bench installs requirements/bench.txt and Debian's libb64-0d)")
+    return exe, env
+
+
+def perf_analyzer(pa: tuple[Path, dict], url: str, model: str, batch: int, interval_ms: int = 1500) -> dict:
+    """One perf_analyzer measurement at concurrency 1: client ms per call and Triton's server-side split."""
+    exe, env = pa
+    cmd = [str(exe), "-m", model, "-i", "grpc", "-u", url, "-b", str(batch), "--measurement-interval",
+           str(interval_ms), "--shared-memory", "system", "--output-shared-memory-size", str(8 << 20)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    text = out.stdout + out.stderr
+    m = re.search(r"Avg latency: (\d+) usec", text)
+    if out.returncode != 0 or not m:
+        raise RuntimeError(f"perf_analyzer failed for {model} batch {batch}: {text[-400:]}")
+    server = re.search(r"Avg request latency: (\d+) usec \(overhead (\d+) usec \+ queue (\d+) usec \+ compute input "
+                       r"(\d+) usec \+ compute infer (\d+) usec \+ compute output (\d+) usec\)", text)
+    split = dict(zip(("total", "overhead", "queue", "input", "infer", "output"),
+                     (int(v) / 1000 for v in server.groups()))) if server else {}
+    return {"ms": int(m.group(1)) / 1000, "server": split}
 
 
 def _ort_session(model: str, threads: int):
@@ -88,7 +132,42 @@ def run(triton_url: str, rounds: int, target_s: float) -> dict:
     for c in clients.values():
         loop.run_until_complete(c.close())
     loop.close()
-    return {"ms": results, "calls": calls, "parity": parity}
+
+    # Triton's own C++ client: the Triton path without the Python client's per-call cost
+    pa = perf_analyzer_env()
+    pa_res: dict = {"error": pa} if isinstance(pa, str) else {"runs": {}}
+    if not isinstance(pa, str):
+        for r in range(PA_ROUNDS):
+            for model in MODELS:
+                for batch in BATCHES:
+                    pa_res["runs"].setdefault(f"{model}/{batch}", []).append(perf_analyzer(pa, triton_url, model, batch))
+            log(f"models: perf_analyzer round {r + 1}/{PA_ROUNDS} done")
+    return {"ms": results, "calls": calls, "parity": parity, "perf_analyzer": pa_res}
+
+
+def pa_ms(res: dict, model: str, batch: int) -> float | None:
+    """Median perf_analyzer client ms per call, or None when it did not run."""
+    runs = res.get("perf_analyzer", {}).get("runs", {}).get(f"{model}/{batch}")
+    return median([r["ms"] for r in runs]) if runs else None
+
+
+def pa_table(res: dict) -> list[str]:
+    pa = res.get("perf_analyzer", {})
+    if "error" in pa:
+        return [f"perf_analyzer did not run: {pa['error']}"]
+    lines = ["| model | batch | perf_analyzer ms/call (client) | items/s | spread | Triton server-side ms: queue / "
+             "compute input / compute infer / compute output | ORT 1 thread ms/call | perf_analyzer / ORT 1 thread |",
+             "|---|---:|---:|---:|---:|---|---:|---:|"]
+    for model in MODELS:
+        for b in BATCHES:
+            runs = pa["runs"][f"{model}/{b}"]
+            ms = median([r["ms"] for r in runs])
+            sv = {k: median([r["server"].get(k, float("nan")) for r in runs]) for k in ("queue", "input", "infer", "output")}
+            o1 = median(res["ms"][(model, "ort1", b)])
+            lines.append(f"| {model} | {b} | {ms:.3f} | {1000 * b / ms:.0f} | {spread([r['ms'] for r in runs]):.0f}% | "
+                         f"{sv['queue']:.3f} / {sv['input']:.3f} / {sv['infer']:.3f} / {sv['output']:.3f} | "
+                         f"{o1:.3f} | {ms / o1:.2f} |")
+    return lines
 
 
 def table(res: dict) -> list[str]:

@@ -20,14 +20,16 @@ PREVIOUS = {"blazeface_short": {"instances": 1, "threads": 1, "delay_x": None, "
             "blazeface_full": {"instances": 1, "threads": 1, "delay_x": None, "delay_us": 1000},
             "face_multitask": {"instances": 1, "threads": 1, "delay_x": None, "delay_us": 2000}}
 CONFIGS = {  # name -> {model: changes}; empty: the committed config.pbtxt files
+    "committed (face_multitask 2 threads, no queue delay)": {},
     "before issue 8: 1 instance, 1 thread, delays 1/1/2 ms": PREVIOUS,
+    "face_multitask 1 thread": _set(FACE, threads=1),
     "face_multitask 2 instances": _set(FACE, instances=2),
     "all 2 instances": _set(MODELS, instances=2),
     "all 2 threads": _set(MODELS, threads=2),
-    "queue delay 0": _set(MODELS, delay_us=0),
-    "queue delay x4": _set(MODELS, delay_x=4),
+    "queue delays 1/1/2 ms": {m: dict(v, threads=None) for m, v in PREVIOUS.items()},
 }
-QUICK = ("before issue 8: 1 instance, 1 thread, delays 1/1/2 ms", "all 2 instances", "queue delay 0")
+QUICK = ("committed (face_multitask 2 threads, no queue delay)", "before issue 8: 1 instance, 1 thread, delays 1/1/2 ms",
+         "face_multitask 1 thread")
 
 
 def apply(triton_url: str, changes: dict, base: dict) -> None:

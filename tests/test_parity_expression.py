@@ -115,3 +115,20 @@ def test_parity_expression_images(session, reference):
     diff = float(np.abs(got - want).max())
     assert diff <= TOLERANCE, f"max |diff| {diff:.3g} on the {len(paths)} expression images"
     assert (got.argmax(1) == want.argmax(1)).all()
+
+
+def test_served_uint8_model_matches_reference(reference):
+    """The model Triton serves (uint8 input, the normalisation folded into the first convolution by
+    graph.uint8_input) gives the reference's probabilities on the raw uint8 images."""
+    import onnxruntime as ort
+    from mobidem_builtin_plugins.faces import build_expression
+
+    model = build_expression(_h5_path())
+    assert not [n.name for n in model.graph.node if any(i.startswith("_u8") for i in n.input)
+                and n.op_type in ("Mul", "Add")], "the normalisation was not folded into the first convolution"
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    imgs = reference["random_images"]
+    want = reference["probs"][len(reference["paths"]):]
+    (got,) = session.run(None, {"face": np.stack(imgs)[..., None].astype(np.uint8)})
+    diff = float(np.abs(got - want).max())
+    assert diff <= TOLERANCE, f"max |diff| {diff:.3g} on seeded random inputs through the served uint8 model"

@@ -112,3 +112,15 @@ def test_cancelling_the_stream_cancels_all_work_at_once():
     run(main())
     assert started and sorted(cancelled) == sorted(started)
     assert stats.in_flight == 0 and stats.active_streams == 0
+
+
+def test_default_in_flight_follows_the_drop_policy():
+    from mobidem.api.analysis import FaceAnalysisServicer
+    from mobidem.config import Settings
+
+    s = Settings()
+    servicer = FaceAnalysisServicer(None, None, s.default_in_flight, s.max_in_flight,
+                                    default_in_flight_latest=s.default_in_flight_latest)
+    assert servicer.in_flight(0, DropPolicy.NONE) == s.default_in_flight == 8
+    assert servicer.in_flight(0, DropPolicy.LATEST_FRAME_WINS) == s.default_in_flight_latest == 4
+    assert servicer.in_flight(2, DropPolicy.NONE) == 2 and servicer.in_flight(12, DropPolicy.LATEST_FRAME_WINS) == 12

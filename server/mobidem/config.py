@@ -35,7 +35,11 @@ class Settings:
     max_message_bytes: int = 16 * 1024 * 1024
     max_image_side: int = 8192
     max_image_pixels: int = 40_000_000
-    default_in_flight: int = 4                 # frames held per stream when the client does not say
+    # frames held per stream when the client does not say: with backpressure (a file, a batch job) more
+    # frames in flight buy throughput (one 640x360 stream: 119 frames/s at 8 against 106 at 4, measured);
+    # with latest-frame-wins (a live camera) fewer keep the answer fresh under overload
+    default_in_flight: int = 8
+    default_in_flight_latest: int = 4
     max_in_flight: int = 32
     max_streams_per_client: int = 16           # open Stream calls per client (API key, else peer host)
     shutdown_grace_s: float = 10.0             # SIGTERM: in-flight calls get this long to finish

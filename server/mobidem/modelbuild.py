@@ -23,7 +23,7 @@ from typing import Callable
 import onnx
 
 # Bump when a converter or a composition changes the bytes it writes.
-CONVERTER_VERSION = "3"
+CONVERTER_VERSION = "4"
 
 MANIFEST = "MANIFEST.json"
 

@@ -8,8 +8,12 @@ ONNX Runtime call and split again.
 
 Model config ``parameters`` it reads (all optional):
 
-- ``intra_op_threads`` / ``inter_op_threads``: ONNX Runtime thread pools (default 1 / 1: on a
-  2-core machine shared with the gateway, one thread per instance measured fastest).
+- ``intra_op_threads`` / ``inter_op_threads``: ONNX Runtime thread pools (default 1 / 1). On a 2-core
+  machine shared with the gateway the committed configs give the embedder models 2 intra-op threads
+  and the rest 1, as measured fastest (docs/PERFORMANCE.md, section 4b).
+- ``allow_spinning``: ``true`` lets idle ONNX Runtime intra-op threads spin-wait for work (ONNX
+  Runtime's own default); default ``false``: they sleep, and leave the cores to the gateway and the
+  other models.
 - ``providers``: comma-separated ONNX Runtime execution providers, overriding the default
   (CPU, or CUDA first when the instance kind is GPU and the installed ONNX Runtime has it).
 - ``gpu_runtime``: for instance kind GPU: ``auto`` (default: ONNX Runtime's CUDA provider when
@@ -72,6 +76,10 @@ class OnnxModel:
         options.intra_op_num_threads = int(_param(self.config, "intra_op_threads", "1"))
         options.inter_op_num_threads = int(_param(self.config, "inter_op_threads", "1"))
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # idle intra-op threads block instead of spinning, so that they leave the cores to the gateway
+        # and the other models between calls
+        spin = "1" if _param(self.config, "allow_spinning", "false") == "true" else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
         kind = args.get("model_instance_kind", "CPU")
         self.torch_runner = None
         runtime = _param(self.config, "gpu_runtime", "auto")

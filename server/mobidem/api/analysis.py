@@ -23,12 +23,13 @@ log = logging.getLogger(__name__)
 
 
 class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
-    def __init__(self, pipeline: Pipeline, limits: ImageLimits, default_in_flight: int = 4,
+    def __init__(self, pipeline: Pipeline, limits: ImageLimits, default_in_flight: int = 8,
                  max_in_flight: int = 32, stats: StreamStats | None = None, metrics: Metrics | None = None,
-                 max_streams_per_client: int = 16):
+                 max_streams_per_client: int = 16, default_in_flight_latest: int = 4):
         self.pipeline = pipeline
         self.limits = limits
-        self.default_in_flight = default_in_flight
+        self.default_in_flight = default_in_flight  # DROP_POLICY_NONE
+        self.default_in_flight_latest = default_in_flight_latest  # DROP_POLICY_LATEST_FRAME_WINS
         self.max_in_flight = max_in_flight
         self.stats = stats or StreamStats()
         self.metrics = metrics or Metrics()
@@ -57,6 +58,12 @@ class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
             if not self.streams_by_client[client]:
                 del self.streams_by_client[client]
 
+    def in_flight(self, requested: int, policy: DropPolicy) -> int:
+        """Frames a stream may hold: what the client asked for, else this server's default for its policy."""
+        if requested:
+            return requested
+        return self.default_in_flight_latest if policy == DropPolicy.LATEST_FRAME_WINS else self.default_in_flight
+
     async def _stream(self, request_iterator, context):
         first = await anext(aiter(request_iterator), None)
         if first is None:
@@ -71,10 +78,11 @@ class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
                                   f"of {self.max_in_flight}")
         policy = DropPolicy(opts.drop_policy) if opts.drop_policy in (1, 2) else DropPolicy.NONE
         top_k = opts.top_k or 1
+        in_flight = self.in_flight(opts.max_in_flight, policy)
 
         stream_id.set(uuid.uuid4().hex[:12])
         log.info("stream opened: tasks=%s drop_policy=%s max_in_flight=%d", sorted(t.name for t in tasks),
-                 policy.name, opts.max_in_flight or self.default_in_flight)
+                 policy.name, in_flight)
         counts = {"ok": 0, "dropped": 0, "failed": 0}
 
         async def frames():
@@ -91,7 +99,7 @@ class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
             log.debug("frame analysed: %d face(s) in %.1f ms", len(analysis.faces), analysis.timings_ms["total"])
             return analysis
 
-        session = StreamSession(process, opts.max_in_flight or self.default_in_flight, policy, self.stats)
+        session = StreamSession(process, in_flight, policy, self.stats)
         try:
             async for outcome in session.results(frames()):
                 counts[outcome.status] += 1

