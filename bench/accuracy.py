@@ -45,7 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # mobidem is installed (make setup); never put server/ on sys.path: a stale egg-info there hides the plugins
 
 from mobidem import calibration  # noqa: E402
-from mobidem_builtin_plugins.blazeface import BlazeFace, run_pass  # noqa: E402
+from mobidem_builtin_plugins.blazeface import BlazeFace, run_pass, shrink_factor  # noqa: E402
 from mobidem_builtin_plugins.blazeface import Pass as DetectorPass  # noqa: E402
 from mobidem_builtin_plugins.faces import EXPRESSION_BOX, EXPRESSION_LABELS  # noqa: E402
 from mobidem.vision import blazeface  # noqa: E402
@@ -410,7 +410,8 @@ async def detection_study(pipe, inputs: dict[str, list], concurrency: int = 4) -
     async def one(name, key, load):
         async with sem:
             image = await pipe.run(load)
-            found = await asyncio.gather(*(run_pass(image, p, pipe) for p in passes))
+            factor = shrink_factor(image.shape, BlazeFace.passes)  # as the served detector shrinks it
+            found = await asyncio.gather(*(run_pass(image, p, pipe, factor) for p in passes))
             per_pass = dict(zip(passes, found))
             out[name][key] = {c.key: [d.box.tolist() for d in combine(c, per_pass, pipe.config.min_face_px)]
                               for c in DETECTION_CONFIGS}

@@ -69,7 +69,7 @@ def test_fine_tune_export_and_serve(faces, repo_copy, tmp_path):
         assert np.abs(emb - ref).max() < 1e-4
 
         cfg = engine.TrainConfig(steps=12, weights="fixed", id_loss="classwise", persons=PEOPLE, per_person=3,
-                                 expr_batch=8, lr=1e-4, head_lr=3e-3, device="cpu", log_every=4)
+                                 expr_batch=8, lr=3e-5, head_lr=3e-3, device="cpu", log_every=4)
         result = engine.train(model, ids, ex.chips, data.expression_targets(ex), cfg, echo=lambda _: None)
         assert result.before["id_loss"] > 0
         assert result.after["id_loss"] < result.before["id_loss"]

@@ -198,3 +198,23 @@ def test_warp_chip_pyramid_for_large_faces():
     noise = rng.integers(0, 256, (1400, 1400, 3), dtype=np.uint8)
     chip, _ = align.align_chip(noise, kps)
     assert abs(chip.astype(float).std() - 0) < 30  # pyramid low-passes the noise (raw samples: std ~74)
+
+
+def test_letterbox_region_from_a_shrunk_image_maps_back_to_the_region():
+    import cv2
+
+    from mobidem.vision.blazeface import letterbox_region, shrink
+
+    image = np.zeros((1080, 1920, 3), np.uint8)
+    region = (645, 331, 1285, 971)  # not multiples of the factor
+    x0, y0 = region[:2]
+    cv2.rectangle(image, (x0 + 100, y0 + 200), (x0 + 299, y0 + 259), (255, 255, 255), -1)
+    small = shrink(image, 3)
+    assert small.shape == (360, 640, 3)
+    for kwargs in ({}, {"small": small, "factor": 3}):
+        boxed, lb = letterbox_region(image, region, 192, 0.0, **kwargs)
+        ys, xs = np.nonzero(boxed[..., 0] > 127)
+        corners = lb.to_original(np.array([[xs.min(), ys.min()], [xs.max() + 1, ys.max() + 1]], float))
+        # the rectangle in region coordinates is (100, 200) - (300, 260); one letterbox pixel = 3.3 px
+        np.testing.assert_allclose(corners, [[100, 200], [300, 260]], atol=4.0)
+        assert (lb.width, lb.height) == (640, 640)

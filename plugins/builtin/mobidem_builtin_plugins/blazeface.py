@@ -46,23 +46,55 @@ SHORT_PASS = Pass(blazeface.SHORT_RANGE, 0.6, margin=0.15)
 FULL_PASSES = (Pass(blazeface.FULL_RANGE, 0.3), Pass(blazeface.FULL_RANGE, 0.3, tile=640))
 
 
-def _letterbox_tiles(image: np.ndarray, tiles, size: int, margin: float):
-    boxed = [blazeface.letterbox(image[y0:y1, x0:x1], size, margin) for x0, y0, x1, y1 in tiles]
-    return np.stack([b for b, _ in boxed]), [lb for _, lb in boxed]
+def _active(p: Pass, h: int, w: int) -> bool:
+    return not (p.tile and max(h, w) <= 2 * p.tile)
 
 
-async def run_pass(image: np.ndarray, p: Pass, ctx: Context) -> list[Detection]:
+# Larger pre-shrinks moved borderline scores most: at 6 the child in multiface/facerecognition_2.jpg
+# fell from 0.33 to 0.28, under the full-range threshold (0.3); at 2 and 3 it stays (docs/ACCURACY.md).
+MAX_SHRINK = 3
+
+
+def shrink_factor(shape: tuple[int, ...], passes) -> int:
+    """The integer factor (at most MAX_SHRINK) by which the image is shrunk once for all ``passes``
+    without any of their inputs (the whole image, or a tile) falling below the model's input size."""
+    h, w = shape[:2]
+    factors = [(p.tile or max(h, w)) // p.spec.input_size for p in passes if _active(p, h, w)]
+    return max(1, min(factors + [MAX_SHRINK]))
+
+
+def prepare(image: np.ndarray, passes, factor: int) -> list:
+    """Per pass: (tiles, uint8 batch, letterboxes), or None where the pass does not apply. One shrink by
+    ``factor`` serves every pass (blazeface.shrink), then each input is letterboxed from it."""
     h, w = image.shape[:2]
-    if p.tile and max(h, w) <= 2 * p.tile:
-        return []
-    tiles = blazeface.tile_grid(w, h, p.tile, p.tile // 5) if p.tile else [(0, 0, w, h)]
-    batch, boxes = await ctx.run(_letterbox_tiles, image, tiles, p.spec.input_size, p.margin)
+    small = blazeface.shrink(image, factor) if factor > 1 else None
+    out = []
+    for p in passes:
+        if not _active(p, h, w):
+            out.append(None)
+            continue
+        tiles = blazeface.tile_grid(w, h, p.tile, p.tile // 5) if p.tile else [(0, 0, w, h)]
+        boxed = [blazeface.letterbox_region(image, t, p.spec.input_size, p.margin, small, factor) for t in tiles]
+        out.append((tiles, np.stack([b for b, _ in boxed]), [lb for _, lb in boxed]))
+    return out
+
+
+async def _infer_decode(p: Pass, prepared, ctx: Context) -> list[Detection]:
+    tiles, batch, boxes = prepared
     out = await ctx.infer(p.spec.name, {"image": batch}, ["regressors", "scores"])
     found = []
     for i, ((x0, y0, _, _), lb) in enumerate(zip(tiles, boxes)):
         found += [blazeface.shifted(d, x0, y0) if (x0 or y0) else d for d in blazeface.decode(
             out["regressors"][i], out["scores"][i], p.spec, lb, score_threshold=p.score_threshold)]
     return found
+
+
+async def run_pass(image: np.ndarray, p: Pass, ctx: Context, factor: int | None = None) -> list[Detection]:
+    """One pass alone (the accuracy study compares passes); ``factor``: the shrink factor to use,
+    default the one this pass alone allows."""
+    factor = shrink_factor(image.shape, [p]) if factor is None else factor
+    (prepared,) = await ctx.run(prepare, image, [p], factor)
+    return [] if prepared is None else await _infer_decode(p, prepared, ctx)
 
 
 class BlazeFace(DetectorPlugin):
@@ -81,7 +113,10 @@ class BlazeFace(DetectorPlugin):
     async def detect(self, image: np.ndarray, ctx: Context) -> list[Detection]:
         import asyncio
 
-        found = [d for ds in await asyncio.gather(*(run_pass(image, p, ctx) for p in self.passes)) for d in ds]
+        prepared = await ctx.run(prepare, image, self.passes, shrink_factor(image.shape, self.passes))
+        found = [d for ds in await asyncio.gather(*(_infer_decode(p, prep, ctx)
+                                                    for p, prep in zip(self.passes, prepared) if prep is not None))
+                 for d in ds]
         if len(self.passes) > 1 and found:
             merged = blazeface.weighted_nms(np.array([d.box for d in found]), np.array([d.score for d in found]),
                                             np.array([d.keypoints for d in found]), blazeface.SHORT_RANGE.iou_threshold)
