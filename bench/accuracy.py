@@ -45,7 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # mobidem is installed (make setup); never put server/ on sys.path: a stale egg-info there hides the plugins
 
 from mobidem import calibration  # noqa: E402
-from mobidem_builtin_plugins.blazeface import BlazeFace, run_pass, shrink_factor  # noqa: E402
+from mobidem_builtin_plugins.blazeface import BlazeFace, applies, drop_covered_by_tiles, run_pass, shrink_factor  # noqa: E402
 from mobidem_builtin_plugins.blazeface import Pass as DetectorPass  # noqa: E402
 from mobidem_builtin_plugins.faces import EXPRESSION_BOX, EXPRESSION_LABELS  # noqa: E402
 from mobidem.vision import blazeface  # noqa: E402
@@ -355,12 +355,14 @@ def box_iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def combine(cfg: DetectionConfig, per_pass: dict[DetectorPass, list], min_face_px: int) -> list:
-    """One configuration's faces from its passes' detections, by Pipeline.detect's rule (or the old fallback)."""
+def combine(cfg: DetectionConfig, per_pass: dict[DetectorPass, list], min_face_px: int, shape) -> list:
+    """One configuration's faces from its passes' detections, by the blazeface plugin's rule (or the old
+    fallback)."""
     if cfg.rule == "fallback":
         found = next((per_pass[p] for p in cfg.passes if per_pass[p]), [])
     else:
-        found = [d for p in cfg.passes for d in per_pass[p]]
+        ran = [p for p in cfg.passes if applies(p, *shape[:2])]
+        found = [d for p in cfg.passes for d in drop_covered_by_tiles(per_pass[p], p, ran)]
         if len(cfg.passes) > 1 and found:
             merged = blazeface.weighted_nms(np.array([d.box for d in found]), np.array([d.score for d in found]),
                                             np.array([d.keypoints for d in found]), blazeface.SHORT_RANGE.iou_threshold)
@@ -413,7 +415,7 @@ async def detection_study(pipe, inputs: dict[str, list], concurrency: int = 4) -
             factor = shrink_factor(image.shape, BlazeFace.passes)  # as the served detector shrinks it
             found = await asyncio.gather(*(run_pass(image, p, pipe, factor) for p in passes))
             per_pass = dict(zip(passes, found))
-            out[name][key] = {c.key: [d.box.tolist() for d in combine(c, per_pass, pipe.config.min_face_px)]
+            out[name][key] = {c.key: [d.box.tolist() for d in combine(c, per_pass, pipe.config.min_face_px, image.shape)]
                               for c in DETECTION_CONFIGS}
 
     await asyncio.gather(*(one(name, k, load) for name, items in inputs.items() for k, load in items))

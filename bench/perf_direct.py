@@ -107,19 +107,22 @@ def run(frames: list[np.ndarray], backend: str, triton_url: str = "", keep_boxes
 
 
 def compare_faces(ours: list[list], ref: list[list]) -> dict:
-    """Faces found by both: a reference (dlib HOG) box matches one of ours when its centre lies inside
-    our box and ours is at most 3x / at least 1/3 its width (the two detectors draw different boxes)."""
+    """Faces found by both: a reference (dlib HOG) box can pair with one of ours when its centre lies inside
+    our box and ours is at most 3x / at least 1/3 its width (the two detectors draw different boxes); the
+    most pairs per frame, one to one (scipy's linear_sum_assignment, so that a box of ours that two
+    reference boxes could pair with does not take the one that had no other partner)."""
+    from scipy.optimize import linear_sum_assignment
+
     both = ref_only = ours_only = 0
     for a, b in zip(ours, ref):
-        used = set()
-        for x0, y0, x1, y1 in b:
+        can = np.zeros((len(b), len(a)))
+        for i, (x0, y0, x1, y1) in enumerate(b):
             cx, cy, w = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0
-            hit = next((i for i, (u0, v0, u1, v1) in enumerate(a) if i not in used and u0 <= cx <= u1
-                        and v0 <= cy <= v1 and w / 3 <= u1 - u0 <= 3 * w), None)
-            if hit is None:
-                ref_only += 1
-            else:
-                used.add(hit)
-                both += 1
-        ours_only += len(a) - len(used)
+            for j, (u0, v0, u1, v1) in enumerate(a):
+                can[i, j] = u0 <= cx <= u1 and v0 <= cy <= v1 and w / 3 <= u1 - u0 <= 3 * w
+        rows, cols = linear_sum_assignment(can, maximize=True) if can.size else ([], [])
+        pairs = int(sum(can[r, c] for r, c in zip(rows, cols)))
+        both += pairs
+        ref_only += len(b) - pairs
+        ours_only += len(a) - pairs
     return {"both": both, "ref_only": ref_only, "ours_only": ours_only}

@@ -100,12 +100,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    os.setsid()
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+try:  # looked up here, in the parent: the child may not dlopen between fork and exec
+    _PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except (OSError, AttributeError):
+    _PRCTL = None
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec, while the parent may have other threads: only a call of
+    the preloaded prctl (a dlopen here can find the loader lock held by one of those threads and abort
+    the child, as seen once when the health watcher restarted Triton)."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -181,7 +187,7 @@ class ManagedTriton:
         with open(self.log_path, "ab") as logfile:
             self.process = subprocess.Popen(
                 cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, preexec_fn=_die_with_parent, close_fds=True,
+                env=env, preexec_fn=_die_with_parent, close_fds=True, start_new_session=True,
             )
         self._group = self.process.pid
         try:

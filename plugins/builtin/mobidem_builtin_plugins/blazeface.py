@@ -46,7 +46,8 @@ SHORT_PASS = Pass(blazeface.SHORT_RANGE, 0.6, margin=0.15)
 FULL_PASSES = (Pass(blazeface.FULL_RANGE, 0.3), Pass(blazeface.FULL_RANGE, 0.3, tile=640))
 
 
-def _active(p: Pass, h: int, w: int) -> bool:
+def applies(p: Pass, h: int, w: int) -> bool:
+    """Whether pass ``p`` runs on an image of h x w (tiled passes only on images over twice a tile)."""
     return not (p.tile and max(h, w) <= 2 * p.tile)
 
 
@@ -59,7 +60,7 @@ def shrink_factor(shape: tuple[int, ...], passes) -> int:
     """The integer factor (at most MAX_SHRINK) by which the image is shrunk once for all ``passes``
     without any of their inputs (the whole image, or a tile) falling below the model's input size."""
     h, w = shape[:2]
-    factors = [(p.tile or max(h, w)) // p.spec.input_size for p in passes if _active(p, h, w)]
+    factors = [(p.tile or max(h, w)) // p.spec.input_size for p in passes if applies(p, h, w)]
     return max(1, min(factors + [MAX_SHRINK]))
 
 
@@ -70,7 +71,7 @@ def prepare(image: np.ndarray, passes, factor: int) -> list:
     small = blazeface.shrink(image, factor) if factor > 1 else None
     out = []
     for p in passes:
-        if not _active(p, h, w):
+        if not applies(p, h, w):
             out.append(None)
             continue
         tiles = blazeface.tile_grid(w, h, p.tile, p.tile // 5) if p.tile else [(0, 0, w, h)]
@@ -87,6 +88,17 @@ async def _infer_decode(p: Pass, prepared, ctx: Context) -> list[Detection]:
         found += [blazeface.shifted(d, x0, y0) if (x0 or y0) else d for d in blazeface.decode(
             out["regressors"][i], out["scores"][i], p.spec, lb, score_threshold=p.score_threshold)]
     return found
+
+
+def drop_covered_by_tiles(found: list[Detection], p: Pass, ran: list[Pass]) -> list[Detection]:
+    """A whole-image pass's detections, less those smaller than a tiled pass's overlap when that pass
+    ran: every face that small lies whole inside some tile, where it was seen at several times the
+    resolution. At whole-image resolution two such faces side by side can blur into one box between
+    them (two people in the 1080p video did), which weighted NMS would keep beside the true two."""
+    if p.tile:
+        return found
+    overlap = max((q.tile // 5 for q in ran if q.tile), default=0)
+    return [d for d in found if min(d.width, d.height) >= overlap] if overlap else found
 
 
 async def run_pass(image: np.ndarray, p: Pass, ctx: Context, factor: int | None = None) -> list[Detection]:
@@ -114,9 +126,9 @@ class BlazeFace(DetectorPlugin):
         import asyncio
 
         prepared = await ctx.run(prepare, image, self.passes, shrink_factor(image.shape, self.passes))
-        found = [d for ds in await asyncio.gather(*(_infer_decode(p, prep, ctx)
-                                                    for p, prep in zip(self.passes, prepared) if prep is not None))
-                 for d in ds]
+        ran = [(p, prep) for p, prep in zip(self.passes, prepared) if prep is not None]
+        per_pass = await asyncio.gather(*(_infer_decode(p, prep, ctx) for p, prep in ran))
+        found = [d for (p, _), ds in zip(ran, per_pass) for d in drop_covered_by_tiles(ds, p, [q for q, _ in ran])]
         if len(self.passes) > 1 and found:
             merged = blazeface.weighted_nms(np.array([d.box for d in found]), np.array([d.score for d in found]),
                                             np.array([d.keypoints for d in found]), blazeface.SHORT_RANGE.iou_threshold)
