@@ -67,15 +67,14 @@ def fold_input_affine(model: onnx.ModelProto, tensor: str, scale: float, offset:
     Only when every consumer path is Transpose* -> Conv with zero padding and constant weights used by
     that Conv alone (with padding, the border would see ``offset`` where it should see 0). Returns
     whether it folded; the model is unchanged when it did not."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
+    consumers: dict[str, list[onnx.NodeProto]] = {}  # tensor -> the nodes reading it (once per input slot)
     for node in model.graph.node:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
     inits = {t.name: t for t in model.graph.initializer}
-    uses: dict[str, int] = {}
-    for node in model.graph.node:
-        for i in node.input:
-            uses[i] = uses.get(i, 0) + 1
+
+    def own(name: str) -> bool:  # a constant that this one Conv alone reads
+        return name in inits and len(consumers[name]) == 1
 
     convs, frontier = [], [tensor]
     while frontier:
@@ -88,11 +87,9 @@ def fold_input_affine(model: onnx.ModelProto, tensor: str, scale: float, offset:
                 continue
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             pads = attrs.get("pads", [0])
-            auto_pad = attrs.get("auto_pad", b"NOTSET")
-            if (node.op_type != "Conv" or node.input[0] != t or any(pads)
-                    or auto_pad not in (b"NOTSET", b"VALID", "NOTSET", "VALID")
-                    or node.input[1] not in inits or uses[node.input[1]] != 1
-                    or (len(node.input) > 2 and (node.input[2] not in inits or uses[node.input[2]] != 1))):
+            auto_pad = attrs.get("auto_pad", b"NOTSET")  # onnx returns string attributes as bytes
+            if (node.op_type != "Conv" or node.input[0] != t or any(pads) or auto_pad not in (b"NOTSET", b"VALID")
+                    or not all(own(c) for c in node.input[1:])):
                 return False
             convs.append(node)
     for node in convs:
