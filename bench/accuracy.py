@@ -606,7 +606,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{gen.size} genuine, {imp.size} impostor (FAR 1e-3 = {int(np.floor(1e-3 * imp.size * (1 + 1e-12)))} "
         f"false accepts; small sample, not a deployment calibration)"
     )
-    cal = calibration.calibrate(gen, imp, "face_multitask", str(run_info["face_multitask_version"]), dataset_desc, FARS)
+    from mobidem import modelbuild
+
+    sha = modelbuild.load_manifest(modelbuild.default_repository())["models"].get("face_multitask", {}).get("sha256", "")
+    cal = calibration.calibrate(gen, imp, "face_multitask", str(run_info["face_multitask_version"]), dataset_desc, FARS,
+                                onnx_sha256=sha)
 
     total = time.perf_counter() - t_start
     report = {

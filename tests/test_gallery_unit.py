@@ -508,7 +508,7 @@ def test_operating_point_and_json_roundtrip(tmp_path):
     op = cal.operating_point(GEN, IMP, 0.1)
     assert op == cal.OperatingPoint("far_1e-1", 0.1, np.nextafter(0.5, 0), 0.1, 0.8, 5, 10)
     assert cal.far_name(1e-2) == "far_1e-2" and cal.far_name(1e-3) == "far_1e-3" and cal.far_name(0.05) == "far_0.05"
-    c = cal.calibrate(GEN, IMP, "dlib_resnet", "1", "hand-made test pairs")
+    c = cal.calibrate(GEN, IMP, "dlib_resnet", "1", "hand-made test pairs", onnx_sha256="ab" * 32)
     assert set(c.operating_points) == {"far_1e-2", "far_1e-3"}
     p = tmp_path / "calibration.json"
     cal.save(p, c)
@@ -517,4 +517,15 @@ def test_operating_point_and_json_roundtrip(tmp_path):
     import json
 
     d = json.loads(p.read_text())
-    assert d["embedder"] == {"model_name": "dlib_resnet", "model_version": "1"} and d["dataset"] == "hand-made test pairs"
+    assert d["embedder"] == {"model_name": "dlib_resnet", "model_version": "1", "onnx_sha256": "ab" * 32}
+    assert d["dataset"] == "hand-made test pairs"
+
+
+def test_a_calibration_holds_only_for_its_embedder():
+    c = cal.calibrate(GEN, IMP, "face_multitask", "1", "pairs", onnx_sha256="ab" * 32)
+    assert cal.embedder_mismatch(c, "face_multitask", "1", "ab" * 32) is None
+    for served in (("dlib_resnet", "1", "ab" * 32), ("face_multitask", "2", "ab" * 32), ("face_multitask", "1", "cd" * 32)):
+        problem = cal.embedder_mismatch(c, *served)
+        assert problem and "face_multitask version 1" in problem and f"{served[0]} version {served[1]}" in problem
+    old = cal.calibrate(GEN, IMP, "face_multitask", "1", "pairs")  # a file from before sha256 was recorded
+    assert cal.embedder_mismatch(old, "face_multitask", "1", "cd" * 32) is None

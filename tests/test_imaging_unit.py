@@ -75,3 +75,111 @@ def test_arbitrary_bytes_never_crash_the_decoder(data):
         assert out.ndim == 3 and out.shape[2] == 3
     except (InvalidArgument, ResourceExhausted):
         pass
+
+
+# ------------------------------------------------------------------ formats, orientation, bombs
+# The accepted formats are JPEG, PNG, WebP and HEIC/HEIF (docs/RELIABILITY.md); each is size-checked
+# from its header before decoding, and its EXIF orientation is applied.
+
+import io  # noqa: E402
+import struct  # noqa: E402
+import zlib  # noqa: E402
+
+from PIL import Image  # noqa: E402
+
+# a wide test card: a red band on the left third, so orientation shows where the band ends up
+CARD = np.zeros((60, 90, 3), np.uint8)
+CARD[:, :30] = (255, 0, 0)
+
+
+def _encode(fmt: str, rgb: np.ndarray, orientation: int = 1, **kw) -> bytes:
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, fmt, exif=exif.tobytes(), **kw)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "HEIF"])
+def test_every_format_decodes_upright(fmt):
+    # stored sideways (rotated 90 degrees counter-clockwise) with EXIF orientation 6 ("rotate 90 CW to view")
+    stored = np.ascontiguousarray(np.rot90(CARD, 1))
+    out = decode_encoded(_encode(fmt, stored, orientation=6, quality=95))
+    assert out.shape == CARD.shape, f"{fmt}: orientation not applied ({out.shape})"
+    assert out[30, 10, 0] > 200 and out[30, 10, 2] < 60, f"{fmt}: the red band is not on the left"
+    assert out[30, 80, 0] < 60, f"{fmt}: the right side should be black"
+
+
+def test_sixteen_bit_and_alpha_png():
+    deep = (CARD.astype(np.uint16) * 257)  # 16-bit RGB, same picture
+    ok, png16 = cv2.imencode(".png", cv2.cvtColor(deep, cv2.COLOR_RGB2BGR))
+    out = decode_encoded(png16.tobytes())
+    assert out.dtype == np.uint8 and np.array_equal(out, CARD)
+    rgba = np.dstack([CARD, np.full(CARD.shape[:2], 128, np.uint8)])
+    for fmt in ("PNG", "WEBP"):
+        buf = io.BytesIO()
+        Image.fromarray(rgba).save(buf, fmt, lossless=True)
+        out = decode_encoded(buf.getvalue())
+        assert out.shape == CARD.shape and np.abs(out.astype(int) - CARD).max() <= 2, fmt
+
+
+def _png_bomb(w, h):
+    header = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return header + struct.pack(">I", zlib.crc32(header[12:]) & 0xFFFFFFFF) + b"\0" * 64
+
+
+def _jpeg_bomb(w, h):
+    small = _encode("JPEG", CARD)
+    i = small.index(b"\xff\xc0")  # baseline SOF0: length(2) precision(1) height(2) width(2)
+    return small[:i + 5] + struct.pack(">HH", h, w) + small[i + 9:]
+
+
+def _webp_bomb(w, h):
+    vp8x = b"VP8X" + struct.pack("<I", 10) + b"\x10\0\0\0" + (w - 1).to_bytes(3, "little") + (h - 1).to_bytes(3, "little")
+    body = b"WEBP" + vp8x + _encode("WEBP", CARD)[12:]
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _heif_bomb(w, h):
+    # 128x64: whole coding blocks, so the file has no clean-aperture crop box to hide the claimed size
+    small = bytearray(_encode("HEIF", np.zeros((64, 128, 3), np.uint8)))
+    i = 0
+    while (i := small.find(b"ispe", i + 1)) > 0:  # every image spatial extent: version/flags, width, height
+        small[i + 8:i + 16] = struct.pack(">II", w, h)
+    return bytes(small)
+
+
+BOMBS = {"PNG": _png_bomb, "JPEG": _jpeg_bomb, "WEBP": _webp_bomb, "HEIF": _heif_bomb}
+
+
+@pytest.mark.parametrize("side", [30000, 65535])
+@pytest.mark.parametrize("fmt", sorted(BOMBS))
+def test_header_bombs_refused_before_decoding(fmt, side):
+    data = BOMBS[fmt](side, side)
+    assert len(data) < 10_000
+    with pytest.raises(ResourceExhausted, match=f"{side}x{side}"):
+        decode_encoded(data)
+
+
+@pytest.mark.parametrize("fmt, pil_fmt", [("TIFF", "TIFF"), ("BMP", "BMP"), ("GIF", "GIF")])
+def test_other_formats_are_refused_unread(fmt, pil_fmt):
+    buf = io.BytesIO()
+    Image.fromarray(CARD).save(buf, pil_fmt)
+    with pytest.raises(InvalidArgument, match="JPEG, PNG, WebP or HEIC"):
+        decode_encoded(buf.getvalue())
+    # the ~70-byte BMP that claims 50000x50000: refused the same way, never decoded
+    bmp = b"BM" + struct.pack("<IHHI", 70, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, 50000, 50000, 1, 24, 0, 0, 0, 0, 0, 0)
+    with pytest.raises(InvalidArgument, match="format not accepted"):
+        decode_encoded(bmp + b"\0" * 16)
+
+
+def test_each_side_and_the_pixel_count_are_checked_from_the_header():
+    limits = ImageLimits(max_side=1000, max_pixels=500_000)
+    for w, h in ((1001, 10), (10, 1001)):  # width alone, height alone
+        with pytest.raises(ResourceExhausted, match="at most 1000"):
+            decode_encoded(_jpeg_bomb(w, h), limits)
+    with pytest.raises(ResourceExhausted, match="pixels"):
+        decode_encoded(_jpeg_bomb(900, 900), limits)

@@ -124,3 +124,54 @@ def test_default_in_flight_follows_the_drop_policy():
     assert servicer.in_flight(0, DropPolicy.NONE) == s.default_in_flight == 8
     assert servicer.in_flight(0, DropPolicy.LATEST_FRAME_WINS) == s.default_in_flight_latest == 4
     assert servicer.in_flight(2, DropPolicy.NONE) == 2 and servicer.in_flight(12, DropPolicy.LATEST_FRAME_WINS) == 12
+
+
+def test_an_ordinary_exception_fails_that_frame_only_as_internal():
+    from mobidem.errors import Internal
+
+    async def process(frame):
+        if frame.sequence == 3:
+            raise ValueError("a plugin bug")
+        return frame.sequence
+
+    out = run(collect(StreamSession(process, 4, DropPolicy.NONE), frames_of(6)))
+    assert [o.status for o in out] == ["ok", "ok", "failed", "ok", "ok", "ok"]
+    assert isinstance(out[2].error, Internal) and "ref " in str(out[2].error)
+    assert "a plugin bug" not in str(out[2].error)  # the client gets a reference, not our internals
+
+
+@pytest.mark.parametrize("policy", [DropPolicy.NONE, DropPolicy.LATEST_FRAME_WINS])
+def test_a_client_that_never_reads_results_holds_back_the_reader(policy):
+    """Whatever the client does, a stream holds a bounded number of frames: with results unread, it
+    stops reading new frames (gRPC flow control then stops the client); dropped frames let go of
+    their payload at once."""
+    pulled = []
+    dropped_payloads = []
+
+    async def endless():
+        seq = 0
+        while True:
+            seq += 1
+            pulled.append(seq)
+            yield StreamFrame(seq, b"x" * 1000)
+
+    async def process(frame):
+        return len(frame.payload)
+
+    async def scenario():
+        session = StreamSession(process, 4, policy)
+        results = session.results(endless())
+        first = await anext(results)  # the client reads one result, then never again
+        await asyncio.sleep(0.3)
+        queued = list(session.out._queue)
+        dropped_payloads.extend(e.frame.payload for e in queued if e is not None and e.dropped)
+        await results.aclose()
+        return first, session
+
+    first, session = run(scenario())
+    assert first.status in ("ok", "dropped")
+    bound = session.max_queued + session.max_in_flight + 2
+    assert len(pulled) <= bound, f"read {len(pulled)} frames for a client that reads nothing (bound {bound})"
+    assert all(p is None for p in dropped_payloads)
+    if policy == DropPolicy.LATEST_FRAME_WINS:
+        assert dropped_payloads, "latest-frame-wins should have dropped frames here"

@@ -88,8 +88,9 @@ def test_fine_tune_export_and_serve(faces, repo_copy, tmp_path):
             assert c.is_model_ready("face_multitask", "2")
             assert c.get_model_metadata("face_multitask").versions == ["2"]  # latest only
 
+        # the fine-tuned embedder has no calibration of its own: the server refuses it unless told otherwise
         env = {"MOBIDEM_DATA_DIR": str(tmp_path / "data"), "MOBIDEM_LISTEN": "127.0.0.1:0",
-               "MOBIDEM_TRITON_URL": triton.grpc_url}
+               "MOBIDEM_TRITON_URL": triton.grpc_url, "MOBIDEM_ALLOW_UNCALIBRATED_EMBEDDER": "true"}
         server = RunningServer(config.load(None, environ=env))
         with server.client() as client:
             r = client.analyze(person_photos(faces, people[0])[0])

@@ -12,13 +12,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from mobidem import calibration, certs
+from mobidem import calibration, certs, modelbuild
 from mobidem.api import auth as api_auth
 from mobidem.api.analysis import FaceAnalysisServicer
 from mobidem.api.errors import ObservingInterceptor
 from mobidem.api.gallery import GalleryServicer
 from mobidem.config import Settings
-from mobidem.errors import InvalidArgument, Unavailable
+from mobidem.errors import FailedPrecondition, InvalidArgument, Unavailable
 from mobidem.audit import AuditLog
 from mobidem.gallery import Gallery
 from mobidem.gallery.crypto import load_key
@@ -51,6 +51,7 @@ class MobidemServer:
         self.ready = False
         self._http = None
         self._monitor: asyncio.Task | None = None
+        self._housekeeping: asyncio.Task | None = None
 
     async def start(self) -> "MobidemServer":
         s = self.settings
@@ -73,15 +74,20 @@ class MobidemServer:
         use_shm = shm == "on" or (shm == "auto" and (self.managed is not None or is_local(url)))
         self.triton = TritonClient(url, metrics=self.metrics, shared_memory=use_shm)
         log.info("Triton tensors via %s", "system shared memory" if use_shm else "gRPC")
-        self.pipeline = Pipeline(self.triton, plugins, PipelineConfig(threads=s.image_threads), metrics=self.metrics)
+        self.pipeline = Pipeline(self.triton, plugins, PipelineConfig(threads=s.image_threads, detect_max_side=s.detect_max_side),
+                                 metrics=self.metrics)
         if not await self.triton.ready(self.pipeline.models):
             raise Unavailable(f"Triton at {url} is not ready with models {self.pipeline.models}")
         served = {m: await self.triton.metadata(m) for m in self.pipeline.models}
         for plugin in plugins.plugins:
             check_io(plugin, served)
+        planned = await self.triton.plan(self.pipeline.models)  # versions pinned, batch limits from the configs
+        log.info("models (version, max batch): %s", planned)
         self.gallery = await asyncio.to_thread(Gallery.open, str(data / "gallery.db"),
                                                template_key=load_key(s.template_key_file, s.template_key))
         points = calibration.load(s.calibration or DEFAULT_CALIBRATION)
+        if self.pipeline.embedder is not None:
+            self._check_calibration(points, planned)
         self.identities = IdentityService(self.gallery, self.pipeline, points, s.operating_point, self.metrics)
         self.metrics.gallery_identities.set_function(self.gallery.count)
         self.metrics.gallery_templates.set_function(lambda: len(self.gallery.index))
@@ -114,9 +120,29 @@ class MobidemServer:
             self._http, self.metrics_port = serve_http(self.metrics, host or "127.0.0.1", int(port), lambda: self.ready)
         await self._set_ready(True)
         self._monitor = asyncio.ensure_future(self._watch_triton())
+        self._housekeeping = asyncio.ensure_future(self._purge_idempotency())
         log.info("mobidem serving gRPC on %s (port %d), metrics on %s", s.listen, self.port,
                  f"{s.metrics_listen.rpartition(':')[0]}:{self.metrics_port}" if self._http else "(off)")
         return self
+
+    def _check_calibration(self, points: calibration.Calibration, planned: dict[str, tuple[str, int]]) -> None:
+        """The thresholds hold only for the embedder they were computed with: refuse another one."""
+        s = self.settings
+        model = self.pipeline.embedder_model
+        repositories = [Path(s.model_repository), *self.pipeline.plugins.repositories()]
+        version = planned[model][0]
+        # the ONNX file's sha256 from the build manifest, when it describes the version Triton serves
+        sha = next((e["sha256"] for r in repositories
+                    if (e := modelbuild.load_manifest(r)["models"].get(model))
+                    and e.get("file", "").split("/")[-2:-1] == [version]), "")
+        problem = calibration.embedder_mismatch(points, model, version, sha)
+        if problem is None:
+            return
+        advice = ("recalibrate on labelled pairs with `python bench/accuracy.py --calibration FILE` and pass "
+                  "--calibration FILE, or set allow_uncalibrated_embedder to use these thresholds anyway")
+        if not s.allow_uncalibrated_embedder:
+            raise FailedPrecondition(f"{problem}: its thresholds would not mean what they say; {advice}")
+        log.warning("%s; allow_uncalibrated_embedder is set, so its thresholds are used anyway", problem)
 
     async def _set_ready(self, ready: bool) -> None:
         if ready != self.ready and self._monitor is not None:
@@ -151,10 +177,26 @@ class MobidemServer:
             except Exception:  # noqa: BLE001 - the watcher must not die
                 log.exception("Triton watch failed")
 
+    async def _purge_idempotency(self) -> None:
+        """Forget idempotency keys older than ``idempotency_retention_s``: at start, then hourly (or every
+        half retention, when that is shorter)."""
+        retention = self.settings.idempotency_retention_s
+        while True:
+            try:
+                n = await asyncio.to_thread(self.gallery.store.purge_idempotency, retention)
+                if n:
+                    log.info("purged %d idempotency record(s) older than %.0f s", n, retention)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - housekeeping must not die; the next round retries
+                log.exception("purging idempotency records failed")
+            await asyncio.sleep(max(0.2, min(3600.0, retention / 2)))
+
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting calls, let in-flight ones finish within ``grace`` seconds, then close."""
-        if self._monitor is not None:
-            self._monitor.cancel()
+        for task in (self._monitor, self._housekeeping):
+            if task is not None:
+                task.cancel()
         self.ready = False
         for service in ("", *SERVICES):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)

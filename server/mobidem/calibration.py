@@ -156,26 +156,43 @@ class Calibration:
     auc: float | None = None
     best_accuracy_threshold: float | None = None
     best_accuracy: float | None = None
+    onnx_sha256: str = ""  # the embedder's model.onnx (repository MANIFEST.json) the pairs were embedded with
 
     def threshold(self, name: str = "far_1e-3") -> float:
         return self.operating_points[name].threshold
 
+    def describe(self) -> str:
+        sha = self.onnx_sha256[:12] or "unrecorded"
+        return f"{self.model_name} version {self.model_version} (ONNX sha256 {sha})"
+
+
+def embedder_mismatch(cal: Calibration, model_name: str, model_version: str, onnx_sha256: str) -> str | None:
+    """Why thresholds computed for ``cal``'s embedder do not hold for the served one (None: they do).
+    Distances of another embedder (or another build of it) are on another scale."""
+    served = f"{model_name} version {model_version} (ONNX sha256 {onnx_sha256[:12] or 'unknown'})"
+    if (cal.model_name, cal.model_version) != (model_name, model_version):
+        return f"the calibration is for {cal.describe()} but Triton serves {served}"
+    if cal.onnx_sha256 and cal.onnx_sha256 != onnx_sha256:
+        return f"the calibration is for {cal.describe()} but the served model file is {served}"
+    return None
+
 
 def calibrate(
-    genuine, impostor, model_name: str, model_version: str, dataset: str, fars=DEFAULT_FARS
+    genuine, impostor, model_name: str, model_version: str, dataset: str, fars=DEFAULT_FARS, onnx_sha256: str = ""
 ) -> Calibration:
     t, acc = best_accuracy_threshold(genuine, impostor)
     ops = {}
     for far in fars:
         op = operating_point(genuine, impostor, far)
         ops[op.name] = op
-    return Calibration(model_name, model_version, dataset, ops, auc(genuine, impostor), t, acc)
+    return Calibration(model_name, model_version, dataset, ops, auc(genuine, impostor), t, acc, onnx_sha256)
 
 
 def to_json(cal: Calibration) -> dict:
     return {
         "format_version": FORMAT_VERSION,
-        "embedder": {"model_name": cal.model_name, "model_version": cal.model_version},
+        "embedder": {"model_name": cal.model_name, "model_version": cal.model_version,
+                     "onnx_sha256": cal.onnx_sha256},
         "dataset": cal.dataset,
         "auc": cal.auc,
         "best_accuracy_threshold": cal.best_accuracy_threshold,
@@ -196,6 +213,7 @@ def from_json(d: dict) -> Calibration:
             auc=d.get("auc"),
             best_accuracy_threshold=d.get("best_accuracy_threshold"),
             best_accuracy=d.get("best_accuracy"),
+            onnx_sha256=d["embedder"].get("onnx_sha256", ""),
         )
     except (KeyError, TypeError) as e:
         raise ValueError(f"malformed calibration file: {e}") from e

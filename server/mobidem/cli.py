@@ -277,10 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     kt.add_argument("--force", action="store_true")
     for p in (ka, kr, kl, kt):
         p.set_defaults(func=_keys)
-    d = sub.add_parser("demo", help="start everything, enrol a person and stream a clip (no data of ours needed)")
-    d.add_argument("--video", help="stream this video instead of the built-in clip")
+    d = sub.add_parser("demo", help="start everything, enrol a man from a photo, recognise him in a real video, "
+                                    "and a stranger as unknown (material from PyPI)")
+    d.add_argument("--video", help="stream this video instead of the built-in material")
     d.add_argument("--camera", help="stream this camera instead")
-    d.add_argument("--frames", type=int, default=48, help="frames of the built-in clip")
+    d.add_argument("--frames", type=int, default=0, help="at most this many frames per clip (default: all)")
     d.set_defaults(func=_demo)
     return parser
 

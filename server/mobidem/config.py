@@ -21,47 +21,59 @@ def _default_repository() -> str:
     return str(Path(__file__).resolve().parents[2] / "model_repository")
 
 
+def setting(default, help: str, factory=None):
+    """A settings field with its one-line description (shown by ``mobidem serve --help``)."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclass
 class Settings:
-    listen: str = "127.0.0.1:50051"            # gRPC address
-    data_dir: str = "~/.local/share/mobidem"   # gallery database, managed Triton's work files
-    triton_url: str = ""                       # external Triton (host:port, gRPC); empty: start the managed one
-    model_repository: str = dataclasses.field(default_factory=_default_repository)
-    triton_start_timeout_s: float = 180.0
-    detector: str = "blazeface"                # detector plugin: blazeface | blazeface_short | blazeface_full | ...
-    face_plugins: str = "face_multitask"       # face plugins, comma-separated (e.g. "face_multitask,face_mesh")
-    operating_point: str = "far_1e-3"          # default verification threshold
-    calibration: str = ""                      # calibration JSON; empty: the one shipped with mobidem
-    max_message_bytes: int = 16 * 1024 * 1024
-    max_image_side: int = 8192
-    max_image_pixels: int = 40_000_000
+    listen: str = setting("127.0.0.1:50051", "gRPC address (host:port; port 0: any free port)")
+    data_dir: str = setting("~/.local/share/mobidem", "gallery database, audit log, managed Triton's work files")
+    triton_url: str = setting("", "external Triton (host:port, gRPC); empty: start the managed one")
+    model_repository: str = setting(None, "Triton model repository (`mobidem models build` fills it)",
+                                    factory=_default_repository)
+    triton_start_timeout_s: float = setting(180.0, "seconds the managed Triton may take to have every model ready")
+    detector: str = setting("blazeface", "detector plugin: blazeface | blazeface_short | blazeface_full | ...")
+    face_plugins: str = setting("face_multitask", "face plugins, comma-separated (e.g. face_multitask,face_mesh)")
+    operating_point: str = setting("far_1e-3", "default operating point of the calibration (far_1e-3 | far_1e-2)")
+    calibration: str = setting("", "calibration JSON (bench/accuracy.py writes it); empty: the one shipped")
+    allow_uncalibrated_embedder: bool = setting(
+        False, "start even when the served embedder differs from the one the calibration was computed for")
+    max_message_bytes: int = setting(16 * 1024 * 1024, "largest request message (and encoded image), in bytes")
+    max_image_side: int = setting(8192, "largest image side in pixels (checked from the header before decoding)")
+    max_image_pixels: int = setting(50_000_000, "most pixels per image (a 48-MP photo fits; checked before decoding)")
+    detect_max_side: int = setting(2048, "the detector sees images shrunk to at most this side (bounded cost)")
     # frames held per stream when the client does not say: with backpressure (a file, a batch job) more
     # frames in flight buy throughput (one 640x360 stream: 119 frames/s at 8 against 106 at 4, measured);
     # with latest-frame-wins (a live camera) fewer keep the answer fresh under overload
-    default_in_flight: int = 8
-    default_in_flight_latest: int = 4
-    max_in_flight: int = 32
-    max_streams_per_client: int = 16           # open Stream calls per client (API key, else peer host)
-    shutdown_grace_s: float = 10.0             # SIGTERM: in-flight calls get this long to finish
-    image_threads: int = 2
-    metrics_listen: str = "127.0.0.1:9095"    # HTTP /metrics, /healthz, /readyz; empty: off
-    triton_grpc_port: int = 0                  # managed Triton's ports on 127.0.0.1 (0: any free port)
-    triton_http_port: int = 0
-    triton_metrics_port: int = 8002            # Triton's own Prometheus metrics (0: any free port)
-    triton_shared_memory: str = "auto"         # tensors via system shared memory: on | off | auto (on for the
-                                               # managed Triton or a 127.0.0.1/localhost URL; gRPC otherwise)
-    log_level: str = "INFO"
-    log_format: str = "text"                   # text | json
+    default_in_flight: int = setting(8, "frames a backpressure stream holds when the client does not say")
+    default_in_flight_latest: int = setting(4, "frames a latest-frame-wins stream holds when the client does not say")
+    max_in_flight: int = setting(32, "most frames a stream may ask to hold")
+    max_streams_per_client: int = setting(16, "open Stream calls per client (API key, else peer host)")
+    shutdown_grace_s: float = setting(10.0, "SIGTERM: in-flight calls get this long to finish")
+    image_threads: int = setting(2, "threads that decode and warp images")
+    idempotency_retention_s: float = setting(7 * 24 * 3600.0, "how long idempotency keys are kept (purged hourly)")
+    metrics_listen: str = setting("127.0.0.1:9095", "HTTP /metrics, /healthz, /readyz (host:port); empty: off")
+    triton_grpc_port: int = setting(0, "managed Triton's gRPC port on 127.0.0.1 (0: any free port)")
+    triton_http_port: int = setting(0, "managed Triton's HTTP port on 127.0.0.1 (0: any free port)")
+    triton_metrics_port: int = setting(8002, "managed Triton's own Prometheus metrics port (0: any free port)")
+    triton_shared_memory: str = setting("auto", "tensors via system shared memory: on | off | auto (on for the "
+                                                "managed Triton or a loopback URL)")
+    log_level: str = setting("INFO", "DEBUG | INFO | WARNING | ERROR")
+    log_format: str = setting("text", "text | json (JSON lines with request, stream and frame ids)")
     # security (docs/SECURITY.md)
-    tls_cert: str = ""                         # PEM server certificate (chain); with tls_key: TLS
-    tls_key: str = ""                          # PEM private key of tls_cert
-    tls_client_ca: str = ""                    # PEM CA: clients must present a certificate it signed (mutual TLS)
-    api_keys_file: str = ""                    # hashed API keys with roles (`mobidem keys add`); empty: auth OFF
-    auth_exempt_health: bool = True            # grpc.health.v1 needs no key
-    auth_exempt_reflection: bool = False       # server reflection needs a key (any role)
-    template_key_file: str = ""                # 256-bit key (hex/base64) encrypting templates at rest
-    template_key: str = ""                     # the same key inline; prefer the env MOBIDEM_TEMPLATE_KEY to a flag
-    audit_log: str = ""                        # Verify/Identify audit database; empty: <data_dir>/audit.db
+    tls_cert: str = setting("", "PEM server certificate (chain); with tls_key: TLS")
+    tls_key: str = setting("", "PEM private key of tls_cert")
+    tls_client_ca: str = setting("", "PEM CA: clients must present a certificate it signed (mutual TLS)")
+    api_keys_file: str = setting("", "hashed API keys with roles (`mobidem keys add`); empty: auth OFF")
+    auth_exempt_health: bool = setting(True, "grpc.health.v1 needs no key")
+    auth_exempt_reflection: bool = setting(False, "server reflection needs no key (default: any role's key)")
+    template_key_file: str = setting("", "file with the 256-bit key (hex/base64) encrypting templates at rest")
+    template_key: str = setting("", "the same key inline; prefer the env MOBIDEM_TEMPLATE_KEY to a flag")
+    audit_log: str = setting("", "Verify/Identify audit database; empty: <data_dir>/audit.db")
 
     @property
     def face_plugin_names(self) -> list[str]:
@@ -89,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file with settings")
     for f in fields(Settings):
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
-                            help=f"(env MOBIDEM_{f.name.upper()})")
+                            help=f"{f.metadata['help']} (env MOBIDEM_{f.name.upper()})")
 
 
 def load(args: argparse.Namespace | None = None, environ: dict | None = None) -> Settings:

@@ -43,3 +43,7 @@ class Unauthenticated(MobidemError):
 
 class PermissionDenied(MobidemError):
     pass
+
+
+class Internal(MobidemError):
+    """A bug (ours or a model's) that retrying will not fix; the message carries a reference the log repeats."""

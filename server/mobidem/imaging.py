@@ -7,6 +7,7 @@ Decoding is OpenCV's; nothing loops over pixels in Python.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -46,7 +47,7 @@ TO_RGB = {
 class ImageLimits:
     max_encoded_bytes: int = 16 * 1024 * 1024
     max_side: int = 8192
-    max_pixels: int = 40_000_000
+    max_pixels: int = 50_000_000  # a 48-MP phone photo (8064x6048) fits
 
 
 def _check_dims(width: int, height: int, limits: ImageLimits) -> None:
@@ -60,8 +61,29 @@ def _check_dims(width: int, height: int, limits: ImageLimits) -> None:
         )
 
 
+# The encoded formats accepted, each sniffed from its first bytes and size-checked from its header
+# before a single pixel is decoded. Everything else (TIFF, BMP, GIF, ... which OpenCV would happily
+# decode, allocating whatever their headers claim) is refused unread.
+ACCEPTED_FORMATS = "JPEG, PNG, WebP or HEIC/HEIF"
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+
+
+def sniff(data: bytes) -> str | None:
+    """The container format of ``data`` from its magic bytes: JPEG, PNG, WEBP, HEIF, or None."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        return "HEIF"
+    return None
+
+
 def _encoded_size(data: bytes) -> tuple[int, int] | None:
-    """Width and height from a PNG or JPEG header without decoding (None if not recognised)."""
+    """Width and height from a PNG or JPEG header without decoding (None if not recognised); these are
+    what OpenCV's decoders will allocate."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     if data[:2] == b"\xff\xd8":
@@ -81,20 +103,103 @@ def _encoded_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def webp_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a WebP file's first chunk (VP8, VP8L or VP8X), without libwebp: Pillow's
+    opener builds libwebp's animation decoder, which allocates the whole canvas the header claims."""
+    chunk = data[12:16]
+    body = data[20:]
+    if chunk == b"VP8X" and len(body) >= 10:
+        return 1 + int.from_bytes(body[4:7], "little"), 1 + int.from_bytes(body[7:10], "little")
+    if chunk == b"VP8L" and len(body) >= 5 and body[0] == 0x2F:
+        bits = int.from_bytes(body[1:5], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if chunk == b"VP8 " and len(body) >= 10 and body[3:6] == b"\x9d\x01\x2a":
+        return int.from_bytes(body[6:8], "little") & 0x3FFF, int.from_bytes(body[8:10], "little") & 0x3FFF
+    raise InvalidImage(f"WebP image could not be decoded ({len(data)} bytes): its header is malformed; "
+                       "send a complete file")
+
+
+def heif_size(data: bytes) -> tuple[int, int]:
+    """Width and height of a HEIF file's primary image from its container boxes, nothing decoded."""
+    try:
+        return tuple(_heif().open_heif(data, convert_hdr_to_8bit=True).size)
+    except RuntimeError as exc:  # libheif's own limits (over 2^30 pixels) among others
+        if "limit" in str(exc).lower():
+            raise ImageTooLarge(f"HEIF image is too large: {exc}") from None
+        raise InvalidImage(f"HEIF image could not be decoded ({len(data)} bytes: {exc}); send a complete file") from None
+    except (ValueError, OSError) as exc:
+        raise InvalidImage(f"HEIF image could not be decoded ({len(data)} bytes: {exc}); send a complete file") from None
+
+
+def _heif():
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()  # idempotent; HEIF then opens through Pillow like any format
+    return pillow_heif
+
+
+def _open(data: bytes, fmt: str):
+    """A lazily opened Pillow image: the header is parsed, no pixel is decoded yet."""
+    from PIL import Image, UnidentifiedImageError
+
+    if fmt == "HEIF":
+        _heif()
+    try:
+        return Image.open(io.BytesIO(data), formats=[fmt])
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"{fmt} image is too large: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InvalidImage(f"{fmt} image could not be decoded ({len(data)} bytes: {exc}); "
+                           f"send a complete {ACCEPTED_FORMATS} file") from None
+
+
 def decode_encoded(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray:
-    """JPEG/PNG/... bytes -> RGB uint8 [H, W, 3]."""
+    """JPEG/PNG/WebP/HEIF bytes -> RGB uint8 [H, W, 3], EXIF orientation applied.
+
+    The dimensions in the header are checked against ``limits`` before decoding, so a small file that
+    claims a huge image costs nothing. JPEG and PNG decode with OpenCV (which applies their EXIF
+    orientation and turns 16-bit PNG into 8-bit); WebP and HEIF with Pillow (pillow-heif), orientation
+    applied with ``ImageOps.exif_transpose`` (HEIF's own rotation is applied by libheif). Alpha is
+    dropped.
+    """
     if not data:
-        raise InvalidImage("image is empty (0 bytes): send JPEG or PNG bytes, or a raw image")
+        raise InvalidImage(f"image is empty (0 bytes): send {ACCEPTED_FORMATS} bytes, or a raw image")
     if len(data) > limits.max_encoded_bytes:
         raise ImageTooLarge(f"encoded image is {len(data)} bytes; at most {limits.max_encoded_bytes} are accepted")
-    size = _encoded_size(data)
-    if size is not None:  # refuse decompression bombs before allocating
-        _check_dims(*size, limits)
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise InvalidImage(f"image could not be decoded ({len(data)} bytes): send a complete JPEG or PNG file")
-    _check_dims(bgr.shape[1], bgr.shape[0], limits)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    fmt = sniff(data)
+    if fmt is None:
+        raise InvalidImage(f"image format not accepted ({len(data)} bytes, starting {data[:8].hex()}): "
+                           f"send {ACCEPTED_FORMATS}, or a raw image")
+    if fmt in ("JPEG", "PNG"):
+        size = _encoded_size(data)
+        if size is None:
+            raise InvalidImage(f"{fmt} image could not be decoded ({len(data)} bytes): no image header found; "
+                               "send a complete file")
+        _check_dims(*size, limits)  # refuse decompression bombs before allocating
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise InvalidImage(f"{fmt} image could not be decoded ({len(data)} bytes): send a complete file")
+        _check_dims(bgr.shape[1], bgr.shape[0], limits)
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    # WebP before Pillow, whose opener allocates the canvas; HEIF from its container (libheif parses it)
+    _check_dims(*(webp_size(data) if fmt == "WEBP" else heif_size(data)), limits)
+    image = _open(data, fmt)
+    _check_dims(*image.size, limits)
+    return _decode_pillow(image, fmt, len(data), limits)
+
+
+def _decode_pillow(image, fmt: str, nbytes: int, limits: ImageLimits) -> np.ndarray:
+    from PIL import ImageOps
+
+    try:
+        image = ImageOps.exif_transpose(image)
+        _check_dims(*image.size, limits)
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: scale to 8 bits, not clip
+            grey = np.asarray(image, np.uint32)
+            return cv2.cvtColor((grey >> 8).astype(np.uint8), cv2.COLOR_GRAY2RGB)
+        return np.ascontiguousarray(np.asarray(image.convert("RGB"), np.uint8))
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InvalidImage(f"{fmt} image could not be decoded ({nbytes} bytes: {exc}); send a complete file") from None
 
 
 def decode_raw(width: int, height: int, fmt: int, stride: int, data: bytes,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Callable, Protocol, Sequence
 
+import cv2
 import numpy as np
 
 from mobidem.errors import FailedPrecondition
@@ -80,6 +81,10 @@ class PipelineConfig:
     min_face_px: int = 16  # smaller detections are noise: too small to embed or to trust
     max_faces: int = 32
     threads: int = 2
+    # the detector sees an image larger than this shrunk by an integer factor to at most this side,
+    # so its cost is bounded whatever the resolution (a 12-MP or 48-MP photo costs what a 2-MP one
+    # does); chips are still cut from the full-resolution image (docs/PERFORMANCE.md, "Phone photos")
+    detect_max_side: int = 2048
 
 
 class Pipeline:
@@ -125,7 +130,12 @@ class Pipeline:
 
     async def detect(self, image: np.ndarray, min_face_size: int = 0) -> list[Detection]:
         """Faces at least ``min_face_px`` (and ``min_face_size``) wide, best first."""
-        found = await self.plugins.detector.detect(image, self)
+        factor = detect_factor(image.shape, self.config.detect_max_side)
+        if factor > 1:
+            small = await self.run(downscale, image, factor)
+            found = [scaled(d, factor) for d in await self.plugins.detector.detect(small, self)]
+        else:
+            found = await self.plugins.detector.detect(image, self)
         smallest = max(self.config.min_face_px, min_face_size)
         return [d for d in found if min(d.width, d.height) >= smallest][: self.config.max_faces]
 
@@ -189,6 +199,25 @@ class Pipeline:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def detect_factor(shape: tuple[int, ...], max_side: int) -> int:
+    """The smallest integer factor that brings the image's longer side to at most ``max_side``."""
+    longest = max(shape[:2])
+    return max(1, -(-longest // max(1, max_side)))
+
+
+def downscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """``image`` ``factor`` times smaller by area averaging (OpenCV's exact integer-factor path; the
+    last ``< factor`` rows and columns are dropped, so pixel i covers pixels [i*f, (i+1)*f) of the original)."""
+    h, w = image.shape[:2]
+    hh, ww = h - h % factor, w - w % factor
+    return cv2.resize(image[:hh, :ww], (ww // factor, hh // factor), interpolation=cv2.INTER_AREA)
+
+
+def scaled(d: Detection, factor: int) -> Detection:
+    """A detection on the downscaled image, in the original image's pixels."""
+    return Detection(d.box * factor, d.score, d.keypoints * factor)
 
 
 def _chips(image: np.ndarray, detections: list[Detection]) -> np.ndarray:

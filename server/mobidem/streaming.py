@@ -8,6 +8,11 @@
   make room for the newest (work already started is finished, not wasted; only with
   max_in_flight = 1 is the frame in progress cancelled).
 - Cancelling the stream cancels every frame's work at once.
+- Memory is bounded whatever the client does: a dropped frame lets go of its payload at once, and
+  the stream stops reading new frames while more than ``max_queued`` results wait for a client
+  that does not read them (gRPC flow control then holds the client back).
+- Any exception in a frame's processing fails that frame only: a MobidemError with its own status,
+  anything else as INTERNAL with a reference that the log line repeats.
 
 Transport-agnostic: frames in, results out, as plain objects.
 """
@@ -16,12 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import AsyncIterator, Awaitable, Callable
 
-from mobidem.errors import InvalidArgument, MobidemError
+from mobidem.errors import Internal, InvalidArgument, MobidemError
+
+log = logging.getLogger(__name__)
 
 
 class DropPolicy(IntEnum):  # values match mobidem.v1.DropPolicy
@@ -32,7 +41,8 @@ class DropPolicy(IntEnum):  # values match mobidem.v1.DropPolicy
 @dataclass
 class StreamFrame:
     sequence: int
-    payload: object  # whatever the processor needs (the API passes the decoded request)
+    payload: object  # whatever the processor needs (the API passes the request); None once dropped
+    tag: object = None  # small data the result needs back (the API: the capture time); kept when dropped
     received: float = field(default_factory=time.perf_counter)
 
 
@@ -79,6 +89,8 @@ class StreamSession:
         self.held: list[_Entry] = []
         self.room = asyncio.Condition()
         self.out: asyncio.Queue[_Entry | None] = asyncio.Queue()
+        # results (dropped ones included) waiting for the client; past this the stream stops reading
+        self.max_queued = 2 * self.max_in_flight + 8
 
     async def _work(self, entry: _Entry) -> object:
         async with self.working:
@@ -95,6 +107,7 @@ class StreamSession:
                     )
                 last = frame.sequence
                 async with self.room:
+                    await self.room.wait_for(lambda: self.out.qsize() < self.max_queued)
                     if len(self.held) >= self.max_in_flight:
                         if self.drop_policy == DropPolicy.LATEST_FRAME_WINS:
                             self._drop_oldest(frame.sequence)
@@ -113,6 +126,7 @@ class StreamSession:
         for entry in waiting or self.held:
             if not entry.dropped:
                 entry.dropped = f"overload: superseded by frame {newer} (latest-frame-wins)"
+                entry.frame.payload = None  # its bytes are not needed any more
                 if entry.task is not None:
                     entry.task.cancel()
                 self.held.remove(entry)
@@ -128,6 +142,8 @@ class StreamSession:
                 entry = await self.out.get()
                 if entry is None:
                     break
+                async with self.room:
+                    self.room.notify_all()  # a queued place is free: the reader may go on
                 yield await self._settle(entry)
             await reader  # re-raise a protocol error from the reader (e.g. sequence not increasing)
         finally:
@@ -152,6 +168,11 @@ class StreamSession:
                     raise
             except MobidemError as exc:
                 outcome = StreamOutcome(frame, "failed", error=exc)
+            except Exception:  # noqa: BLE001 - a bug on one frame fails that frame, not the stream
+                ref = secrets.token_hex(6)
+                log.exception("frame %d failed (ref %s)", frame.sequence, ref)
+                outcome = StreamOutcome(frame, "failed", error=Internal(
+                    f"internal error on frame {frame.sequence} (ref {ref}); the server log has details"))
         if entry.dropped:
             return StreamOutcome(frame, "dropped", drop_reason=entry.dropped)
         async with self.room:
@@ -159,4 +180,5 @@ class StreamSession:
                 self.held.remove(entry)
                 self.stats.in_flight -= 1
             self.room.notify_all()
+        frame.payload = None  # answered: the request's bytes go now, not when the client reads
         return outcome

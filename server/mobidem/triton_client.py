@@ -26,13 +26,11 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
-from mobidem.errors import DeadlineExceeded, Unavailable
+from mobidem.errors import (DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, ResourceExhausted,
+                            Unavailable)
 from mobidem.logs import deadline
 
 log = logging.getLogger(__name__)
-
-_UNAVAILABLE_HINTS = ("UNAVAILABLE", "failed to connect", "Connection refused", "Socket closed", "not ready",
-                      "unavailable", "Stub process", "is not found")
 
 
 SHM_DIR = Path("/dev/shm")
@@ -172,7 +170,8 @@ class TritonClient:
         self.timeout_s = timeout_s
         self.metrics = metrics  # mobidem.metrics.Metrics or None
         self._client: grpcclient.InferenceServerClient | None = None
-        self._versions: dict[str, str] = {}
+        self._versions: dict[str, str] = {}  # model -> the version pinned at start (plan) or first use
+        self._max_batch: dict[str, int] = {}  # model -> max_batch_size from Triton's model config
         self.shm: SharedMemoryPool | None = SharedMemoryPool() if shared_memory else None
         self._out_shapes: dict[str, dict[str, tuple[str, tuple[int, ...]]]] = {}  # model -> output -> (dtype, dims)
 
@@ -194,18 +193,40 @@ class TritonClient:
             if not await self.client.is_server_ready(client_timeout=2):
                 return False
             for m in models:
-                if not await self.client.is_model_ready(m, client_timeout=2):
+                if not await self.client.is_model_ready(m, self._versions.get(m, ""), client_timeout=2):
                     return False
             return True
         except Exception:
             return False
 
     async def model_version(self, model: str) -> str:
-        """The newest ready version of ``model`` (cached)."""
+        """The version of ``model`` this client calls: the newest ready one when first asked, then pinned
+        (every inference names it, so a Triton that serves another version later fails loudly)."""
         if model not in self._versions:
             meta = await self.client.get_model_metadata(model, client_timeout=5)
             self._versions[model] = max(meta.versions, key=int) if meta.versions else ""
         return self._versions[model]
+
+    async def plan(self, models: list[str]) -> dict[str, tuple[str, int]]:
+        """Read each model's limits from its source, Triton's model config, once at start: the version
+        (pinned from now on) and ``max_batch_size`` (larger batches are split, never sent). A model
+        without a batch dimension (max_batch_size 0) cannot take the gateway's batches: refused here."""
+        planned = {}
+        for model in models:
+            version = await self.model_version(model)
+            config = await self.client.get_model_config(model, version, as_json=True, client_timeout=5)
+            max_batch = int(config.get("config", config).get("max_batch_size", 0))
+            if max_batch < 1:
+                raise FailedPrecondition(
+                    f"Triton model {model} has max_batch_size {max_batch}: mobidem sends batches (frames, tiles, "
+                    "faces), so its config.pbtxt needs max_batch_size >= 1")
+            self._max_batch[model] = max_batch
+            planned[model] = (version, max_batch)
+        return planned
+
+    def max_batch(self, model: str) -> int:
+        """The model's max_batch_size as planned (0: not planned, batches go as they are)."""
+        return self._max_batch.get(model, 0)
 
     async def metadata(self, model: str) -> dict:
         return await self.client.get_model_metadata(model, as_json=True, client_timeout=5)
@@ -218,8 +239,14 @@ class TritonClient:
             timeout = min(timeout, call_deadline - time.monotonic())
             if timeout <= 0:
                 raise DeadlineExceeded("the call's deadline passed before its Triton work could start")
-        started = time.perf_counter()
         batch = next(iter(inputs.values())).shape[0]
+        limit = self._max_batch.get(model, 0)
+        if limit and batch > limit:  # split at the model's max_batch_size; the parts run concurrently
+            parts = await asyncio.gather(*(
+                self.infer(model, {k: v[i:i + limit] for k, v in inputs.items()}, outputs, timeout_s)
+                for i in range(0, batch, limit)))
+            return {name: np.concatenate([p[name] for p in parts]) for name in outputs}
+        started = time.perf_counter()
         arrays = None
         if self.shm is not None:
             arrays = await self._infer_shm(model, inputs, outputs, timeout, batch)
@@ -237,9 +264,10 @@ class TritonClient:
 
     async def _call(self, model, tensors, requested, timeout):
         try:
-            return await self.client.infer(model, tensors, outputs=requested, client_timeout=timeout)
+            return await self.client.infer(model, tensors, model_version=self._versions.get(model, ""),
+                                           outputs=requested, client_timeout=timeout)
         except InferenceServerException as exc:
-            error = _translate(model, exc)
+            error = _translate(model, exc, self._versions.get(model, ""))
             self._count_error(model, error)
             raise error from None
         except asyncio.TimeoutError:
@@ -306,7 +334,7 @@ class TritonClient:
         except BaseException as exc:
             # Triton may still write this region's outputs: keep it out of the pool for a while
             asyncio.get_running_loop().call_later(self.timeout_s + 5, self.shm.release, region)
-            if isinstance(exc, Unavailable) and "shared memory" in str(exc).lower():
+            if "shared memory" in f"{exc} {getattr(exc, 'detail', '')}".lower():
                 self.shm.generation += 1  # Triton lost the registrations (restarted): register again
                 log.warning("Triton lost the shared-memory registrations (%s); re-registering", exc)
                 return None
@@ -323,18 +351,35 @@ class TritonClient:
 
     def _count_error(self, model: str, error: Exception) -> None:
         if self.metrics is not None:
-            code = "DEADLINE_EXCEEDED" if isinstance(error, DeadlineExceeded) else "UNAVAILABLE"
-            self.metrics.triton_errors.labels(model, code).inc()
+            self.metrics.triton_errors.labels(model, _CODES.get(type(error), "INTERNAL")).inc()
 
     async def statistics(self, model: str = "") -> dict:
         stats = await self.client.get_inference_statistics(model, as_json=True)
         return stats
 
 
-def _translate(model: str, exc: InferenceServerException) -> Exception:
-    text = f"{exc.status() or ''} {exc.message() or ''}"
-    if "DEADLINE" in text.upper():
+_CODES = {DeadlineExceeded: "DEADLINE_EXCEEDED", Unavailable: "UNAVAILABLE", InvalidArgument: "INVALID_ARGUMENT",
+          ResourceExhausted: "RESOURCE_EXHAUSTED", Internal: "INTERNAL"}
+
+
+def _translate(model: str, exc: InferenceServerException, version: str = "") -> Exception:
+    """Triton's own status (tritonclient keeps the gRPC code) -> the error a client can act on:
+    the request's fault -> INVALID_ARGUMENT / RESOURCE_EXHAUSTED, a server that is down, restarting or
+    (re)loading the model -> UNAVAILABLE (retry), a deadline -> DEADLINE_EXCEEDED, anything else (a
+    model or server bug) -> INTERNAL with a reference that the log line repeats. No message matching."""
+    code = (exc.status() or "").rsplit(".", 1)[-1]
+    message = exc.message() or ""
+    if code == "DEADLINE_EXCEEDED":
         return DeadlineExceeded(f"Triton model {model} did not answer in time")
-    if any(h in text for h in _UNAVAILABLE_HINTS) or exc.status() in ("StatusCode.UNAVAILABLE",):
-        return Unavailable(f"Triton is unavailable for model {model}: {exc.message()}")
-    return Unavailable(f"Triton inference on {model} failed: {exc.message()}")
+    if code in ("UNAVAILABLE", "NOT_FOUND", "CANCELLED"):
+        served = f" version {version}" if version else ""
+        return Unavailable(f"Triton is unavailable for model {model}{served} ({code}): {message}")
+    if code in ("INVALID_ARGUMENT", "OUT_OF_RANGE"):
+        return InvalidArgument(f"Triton refused the request to {model}: {message}")
+    if code == "RESOURCE_EXHAUSTED":
+        return ResourceExhausted(f"Triton has no room for the request to {model}: {message}")
+    ref = secrets.token_hex(6)
+    log.error("Triton inference on %s failed (ref %s, %s): %s", model, ref, code or "no status", message)
+    error = Internal(f"inference on {model} failed inside Triton (ref {ref}); the server log has details")
+    error.detail = message
+    return error

@@ -42,6 +42,13 @@ class Pass:
         """Pixels by which neighbouring tiles overlap: a face smaller than this lies whole in some tile."""
         return self.tile // 5
 
+    @property
+    def largest(self) -> int:
+        """The largest face a tiled pass reports: bigger ones the whole-image pass sees at 20+ pixels on
+        its input, where it finds them; in a tile they were mostly clothing or a face cut by the tile's
+        edge (a 12-MP portrait: three such boxes at 0.40-0.53 beside the true face at 0.90)."""
+        return self.tile // 3 if self.tile else 1 << 30
+
 
 # Chosen by measurement on the shared data (docs/ACCURACY.md, "Detection"): the short-range model
 # with a 15 % margin finds near and frame-filling faces; the full-range model finds the small far
@@ -96,12 +103,12 @@ async def _infer_decode(p: Pass, prepared, ctx: Context) -> list[Detection]:
 
 
 def drop_covered_by_tiles(found: list[Detection], p: Pass, ran: list[Pass]) -> list[Detection]:
-    """A whole-image pass's detections, less those smaller than a tiled pass's overlap when that pass
-    ran: every face that small lies whole inside some tile, where it was seen at several times the
-    resolution. At whole-image resolution two such faces side by side can blur into one box between
+    """A tiled pass's detections, less those larger than it reports (``Pass.largest``); a whole-image
+    pass's detections, less those smaller than a tiled pass's overlap when that pass ran: every face
+    that small lies whole inside some tile, where it was seen at several times the resolution. At whole-image resolution two such faces side by side can blur into one box between
     them (two people in the 1080p video did), which weighted NMS would keep beside the true two."""
     if p.tile:
-        return found
+        return [d for d in found if max(d.width, d.height) <= p.largest]
     overlap = max((q.overlap for q in ran if q.tile), default=0)
     return [d for d in found if min(d.width, d.height) >= overlap] if overlap else found
 

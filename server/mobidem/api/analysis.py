@@ -7,6 +7,7 @@ import time
 import uuid
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from mobidem.api import convert
 from mobidem.api.errors import status_for
@@ -90,7 +91,9 @@ class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
                 if message.WhichOneof("message") != "frame":
                     raise InvalidArgument("StreamOptions may only be sent once, as the first message")
                 self.metrics.frames_received.inc()
-                yield StreamFrame(message.frame.sequence, message.frame)
+                captured = Timestamp()  # a copy: a sub-message would keep the whole request (its image) alive
+                captured.CopyFrom(message.frame.capture_time)
+                yield StreamFrame(message.frame.sequence, message.frame, captured)
 
         async def process(frame: StreamFrame):
             frame_sequence.set(frame.sequence)
@@ -108,19 +111,19 @@ class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
             log.info("stream closed: %d ok, %d dropped, %d failed", counts["ok"], counts["dropped"], counts["failed"])
 
     def _result(self, outcome) -> pb.FrameResult:
-        frame = outcome.frame.payload
+        frame = outcome.frame  # its payload is gone by now; sequence and capture time (tag) stay
         if outcome.status == "ok":
-            result = convert.analysis_pb(outcome.value, frame.sequence, frame.capture_time)
+            result = convert.analysis_pb(outcome.value, frame.sequence, frame.tag)
             result.timings.total_ms = (time.perf_counter() - outcome.frame.received) * 1000
             self.metrics.frames_processed.inc()
         elif outcome.status == "dropped":
             result = pb.FrameResult(sequence=frame.sequence, status=pb.FrameResult.STATUS_DROPPED,
-                                    drop_reason=outcome.drop_reason, capture_time=frame.capture_time)
+                                    drop_reason=outcome.drop_reason, capture_time=frame.tag)
             self.metrics.frames_dropped.labels("latest_frame_wins").inc()
         else:
             code = status_for(outcome.error) or grpc.StatusCode.INTERNAL
             result = pb.FrameResult(sequence=frame.sequence, status=pb.FrameResult.STATUS_FAILED,
-                                    capture_time=frame.capture_time, error_code=code.value[0],
+                                    capture_time=frame.tag, error_code=code.value[0],
                                     error_message=str(outcome.error))
             self.metrics.frames_failed.labels(code.name).inc()
         return result

@@ -31,6 +31,7 @@ STATUS = {
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Internal: grpc.StatusCode.INTERNAL,
     GalleryCorrupt: grpc.StatusCode.DATA_LOSS,
 }
 

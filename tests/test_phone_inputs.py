@@ -1,0 +1,456 @@
+"""What phones and cameras send, and what attackers send, through the real server and Triton.
+
+Phone-size photos (12 MP, 48 MP, portrait stored sideways with EXIF orientation, JPEG/HEIC/WebP/PNG)
+and 4K frames are made at test time from the shared face data; hostile files are made here too.
+Also: Triton's limits read at start (batches split at max_batch_size), Triton's statuses mapped,
+a plugin bug failing one frame only, the calibration bound to its embedder, idempotency purging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, need, person_photos
+from mobidem.client import MobidemClient, video_frames
+from mobidem.v1 import mobidem_pb2 as pb
+
+OK, FAILED = pb.FrameResult.STATUS_OK, pb.FrameResult.STATUS_FAILED
+
+
+def rgb_of(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def phone_size(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``rgb`` padded to the target's aspect ratio (grey borders, no stretching) and upscaled to it."""
+    h, w = rgb.shape[:2]
+    target = width / height
+    if w / h < target:
+        pad = int(round(h * target)) - w
+        rgb = cv2.copyMakeBorder(rgb, 0, 0, pad // 2, pad - pad // 2, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+    else:
+        pad = int(round(w / target)) - h
+        rgb = cv2.copyMakeBorder(rgb, pad // 2, pad - pad // 2, 0, 0, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def encode(rgb: np.ndarray, fmt: str, orientation: int = 1) -> bytes:
+    """Encoded as a phone would store it: JPEG q90, HEIC, WebP, PNG; ``orientation``: the EXIF tag."""
+    if fmt == "HEIF":
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    options = {"JPEG": dict(quality=90), "HEIF": dict(quality=70), "WEBP": dict(quality=85, method=0),
+               "PNG": dict(compress_level=1)}[fmt]
+    Image.fromarray(rgb).save(out, fmt, exif=exif.tobytes(), **options)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def one_photo_each(faces) -> list[Path]:
+    people = sorted(p.name for p in (faces / "identities").iterdir() if p.is_dir())
+    return [person_photos(faces, name)[0] for name in people]
+
+
+# ------------------------------------------------------------------------------------ phone photos
+
+def test_every_persons_photo_at_12_mp_is_found_and_verified(client, one_photo_each):
+    """One photo of each of the 26 people, as a 4032x3024 JPEG: Verify against the original matches
+    at the default operating point wherever the original alone has a face."""
+    checked, failures = 0, []
+    for path in one_photo_each:
+        if not client.analyze(path).faces:
+            continue
+        big = encode(phone_size(rgb_of(path), 4032, 3024), "JPEG")
+        result = client.analyze(big)
+        assert (result.width, result.height) == (4032, 3024)
+        if not result.faces:
+            failures.append(f"{path.name}: no face at 12 MP")
+            continue
+        decision = client.verify(big, path)
+        checked += 1
+        if not decision.match or decision.operating_point != "far_1e-3":
+            failures.append(f"{path.parent.name}/{path.name}: distance {decision.distance:.3f} "
+                            f"threshold {decision.threshold:.3f}")
+    assert checked >= 20 and not failures, failures
+
+
+@pytest.mark.parametrize("variant", ["portrait-exif6-jpeg", "48mp-jpeg", "heic", "webp", "png"])
+def test_phone_formats_sizes_and_orientation(client, one_photo_each, variant):
+    photos = one_photo_each[::9]  # three people
+    for path in photos:
+        rgb = rgb_of(path)
+        if variant == "portrait-exif6-jpeg":  # 3024x4032 upright, stored sideways as phones do
+            upright = phone_size(rgb, 3024, 4032)
+            data, size = encode(np.ascontiguousarray(np.rot90(upright, 1)), "JPEG", orientation=6), (3024, 4032)
+        elif variant == "48mp-jpeg":
+            data, size = encode(phone_size(rgb, 8064, 6048), "JPEG"), (8064, 6048)
+        else:
+            fmt = {"heic": "HEIF", "webp": "WEBP", "png": "PNG"}[variant]
+            data, size = encode(phone_size(rgb, 4032, 3024), fmt), (4032, 3024)
+        result = client.analyze(data)
+        assert (result.width, result.height) == size, f"{path.name} {variant}: orientation or size wrong"
+        assert result.faces, f"{path.name} {variant}: no face"
+        decision = client.verify(data, path)
+        assert decision.match, f"{path.name} {variant}: distance {decision.distance:.3f} > {decision.threshold:.3f}"
+
+
+def test_enrol_with_a_12_mp_photo(client, faces):
+    photos = person_photos(faces, "tony_blair")
+    enrolled = client.enroll("Tony Blair (12 MP)", [encode(phone_size(rgb_of(photos[0]), 4032, 3024), "JPEG")],
+                             face_index=0)  # the photo shows a second, cut-off face at its edge
+    assert enrolled.templates_added == 1
+    match = client.identify(photos[1]).match
+    assert match.known and match.identity_id == enrolled.identity.id
+
+
+def test_a_4k_stream_finds_at_least_the_1080p_faces(client, faces):
+    frames = list(video_frames(str(faces / "videos" / "facenet_pytorch_video.mp4"), 16))
+    assert frames[0].shape[:2] == (1080, 1920)
+    hd = list(client.stream(frames, tasks=[pb.TASK_DETECT]))
+    uhd = list(client.stream((cv2.resize(f, (3840, 2160), interpolation=cv2.INTER_CUBIC) for f in frames),
+                             tasks=[pb.TASK_DETECT]))
+    assert [r.status for r in uhd] == [OK] * len(frames), [(r.error_code, r.error_message) for r in uhd]
+    assert all((r.width, r.height) == (3840, 2160) for r in uhd)
+    assert sum(len(r.faces) for r in hd) > 0
+    # every face found at 1080p is found at 4K, where it lies (boxes scaled by 2, IoU >= 0.5); faces within
+    # 0.1 of the full-range threshold (0.3) are left out: any resampling flips such borderline scores
+    for a, b in zip(hd, uhd):
+        for face in (f for f in a.faces if f.detection_score >= 0.4):
+            box = np.array([face.box.x0, face.box.y0, face.box.x1, face.box.y1]) * 2
+            assert any(_iou(box, np.array([g.box.x0, g.box.y0, g.box.x1, g.box.y1])) >= 0.5 for g in b.faces), \
+                f"frame {a.sequence}: the face at {box.round()} (score {face.detection_score:.2f}) is missing at 4K"
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+def test_batches_above_max_batch_size_are_split(start_server, faces):
+    """Without the detector's size cap a 12-MP photo needs 48 tiles of the full-range model, whose
+    max_batch_size (read from Triton) is 16: the batch is split, never sent whole."""
+    server = start_server(detect_max_side=8192)
+    assert server.server.triton.max_batch("blazeface_full") == 16  # from model_repository's config.pbtxt
+    photo = person_photos(faces, "barack_obama")[0]
+    with server.client() as c:
+        result = c.analyze(encode(phone_size(rgb_of(photo), 4032, 3024), "JPEG"))
+    assert len(result.faces) >= 1
+    stats = server.call(server.server.triton.statistics("blazeface_full"))
+    batches = {int(b["batch_size"]) for s in stats["model_stats"] for b in s.get("batch_stats", [])}
+    assert batches and max(batches) <= 16
+
+
+def test_split_batches_equal_whole_ones(triton):
+    from mobidem.triton_client import TritonClient
+
+    async def run():
+        client = TritonClient(triton.grpc_url)
+        try:
+            await client.plan(["blazeface_short"])
+            rng = np.random.default_rng(1)
+            images = rng.integers(0, 255, (40, 128, 128, 3), np.uint8)
+            whole = await client.infer("blazeface_short", {"image": images}, ["scores"])
+            alone = [await client.infer("blazeface_short", {"image": images[i:i + 1]}, ["scores"]) for i in (0, 17, 39)]
+            return whole["scores"], [a["scores"][0] for a in alone]
+        finally:
+            await client.close()
+
+    whole, alone = asyncio.run(run())
+    assert whole.shape[0] == 40
+    for i, a in zip((0, 17, 39), alone):
+        assert np.allclose(whole[i], a, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ Triton statuses
+
+def test_triton_failures_keep_their_meaning(triton):
+    from mobidem.errors import Internal, InvalidArgument, Unavailable
+    from mobidem.triton_client import TritonClient, _translate
+    from tritonclient.utils import InferenceServerException
+
+    async def run():
+        client = TritonClient(triton.grpc_url)
+        try:
+            await client.plan(["blazeface_short"])
+            outcomes = {}
+            for name, call in {
+                "bad shape": lambda: client.infer("blazeface_short", {"image": np.zeros((1, 64, 64, 3), np.uint8)},
+                                                  ["scores"]),
+                "no such model": lambda: client.infer("no_such_model", {"image": np.zeros((1, 8), np.uint8)}, ["x"]),
+            }.items():
+                try:
+                    await call()
+                except Exception as exc:  # noqa: BLE001
+                    outcomes[name] = exc
+            client._versions["blazeface_short"] = "9"  # as if Triton served another version than planned
+            try:
+                await client.infer("blazeface_short", {"image": np.zeros((1, 128, 128, 3), np.uint8)}, ["scores"])
+            except Exception as exc:  # noqa: BLE001
+                outcomes["other version"] = exc
+            return outcomes
+        finally:
+            await client.close()
+
+    outcomes = asyncio.run(run())
+    assert isinstance(outcomes["bad shape"], InvalidArgument), outcomes
+    assert isinstance(outcomes["no such model"], Unavailable), outcomes
+    assert isinstance(outcomes["other version"], Unavailable) and "version 9" in str(outcomes["other version"])
+    bug = _translate("m", InferenceServerException("division by zero in model.py", status="StatusCode.INTERNAL"))
+    assert isinstance(bug, Internal) and "ref " in str(bug) and "division" not in str(bug)
+    full = _translate("m", InferenceServerException("queue is full", status="StatusCode.RESOURCE_EXHAUSTED"))
+    assert type(full).__name__ == "ResourceExhausted"
+
+
+# ------------------------------------------------------------------------------------ hostile files
+
+def _png_header(w: int, h: int) -> bytes:
+    header = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return header + struct.pack(">I", zlib.crc32(header[12:]) & 0xFFFFFFFF)
+
+
+def _patched(fmt: str, w: int, h: int) -> bytes:
+    """A small real file of ``fmt`` whose header claims w x h."""
+    card = np.zeros((64, 128, 3), np.uint8)
+    if fmt == "PNG":
+        return _png_header(w, h) + b"\0" * 64
+    if fmt == "JPEG":
+        small = encode(card, "JPEG")
+        i = small.index(b"\xff\xc0")
+        return small[:i + 5] + struct.pack(">HH", h, w) + small[i + 9:]
+    if fmt == "WEBP":
+        vp8x = b"VP8X" + struct.pack("<I", 10) + b"\x10\0\0\0" + (w - 1).to_bytes(3, "little") + (h - 1).to_bytes(3, "little")
+        body = b"WEBP" + vp8x + encode(card, "WEBP")[12:]
+        return b"RIFF" + struct.pack("<I", len(body)) + body
+    if fmt == "HEIF":
+        data = bytearray(encode(card, "HEIF"))
+        i = 0
+        while (i := data.find(b"ispe", i + 1)) > 0:
+            data[i + 8:i + 16] = struct.pack(">II", w, h)
+        return bytes(data)
+    if fmt == "TIFF":  # little-endian TIFF, one IFD: width, length, 8-bit RGB, one strip
+        entries = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, 8), (262, 3, 1, 2), (273, 4, 1, 200), (277, 3, 1, 3),
+                   (278, 4, 1, h), (279, 4, 1, 64)]
+        ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + b"\0" * 4
+        return b"II*\0" + struct.pack("<I", 8) + ifd + b"\0" * 300
+    if fmt == "BMP":
+        return b"BM" + struct.pack("<IHHI", 70, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, w, h, 1, 24, 0, 0, 0, 0, 0, 0) + b"\0" * 16
+    if fmt == "GIF":
+        return b"GIF89a" + struct.pack("<HH", w, h) + b"\x00\x00\x00" + b"," + struct.pack("<HHHH", 0, 0, w, h) + b"\x00\x02\x02\x44\x01\x00;"
+    raise ValueError(fmt)
+
+
+def _real_16000(fmt: str) -> bytes:
+    """A real, highly compressible 16000x16000 image (a grey gradient)."""
+    grey = np.broadcast_to(np.linspace(0, 255, 16000).astype(np.uint8), (16000, 16000))
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(grey)).save(out, fmt, **({"compress_level": 9} if fmt == "PNG" else {}))
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bombs() -> dict[str, bytes]:
+    corpus = {f"{fmt} {side}x{side}": _patched(fmt, side, side)
+              for fmt in ("PNG", "JPEG", "WEBP", "HEIF", "TIFF", "BMP", "GIF") for side in (30000, 65535)}
+    corpus.update({f"real {fmt} 16000x16000": _real_16000(fmt) for fmt in ("PNG", "JPEG")})
+    return corpus
+
+
+def _serve(triton, tmp_path) -> tuple[subprocess.Popen, str]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "serve.log"
+    env = dict(os.environ, MOBIDEM_DATA_DIR=str(tmp_path / "data"), MOBIDEM_TRITON_URL=triton.grpc_url,
+               MOBIDEM_LISTEN=f"127.0.0.1:{port}", MOBIDEM_METRICS_LISTEN="")
+    proc = subprocess.Popen([sys.executable, "-m", "mobidem.cli", "serve"], env=env, stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    while "serving on" not in log.read_text(errors="replace"):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.2)
+    return proc, f"127.0.0.1:{port}"
+
+
+def _memory_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def test_bomb_corpus_is_refused_before_it_costs_anything(triton, tmp_path, faces, bombs):
+    """Every file of the corpus is refused quickly with a status that says what to fix (the
+    accepted formats by their header size, the others unread), the gateway's peak memory grows by
+    under 50 MB over all of them, and eight at once leave a normal Analyze unaffected."""
+    proc, target = _serve(triton, tmp_path)
+    photo = person_photos(faces, "barack_obama")[0]
+    try:
+        with MobidemClient(target, timeout=30) as client:
+            assert client.analyze(photo).faces  # warm: buffers, threads, connections in place
+            assert client.analyze(encode(phone_size(rgb_of(photo), 4032, 3024), "JPEG")).faces
+            peak_before = _memory_kb(proc.pid, "VmHWM")
+            slow = []
+            for name, data in bombs.items():
+                started = time.perf_counter()
+                with pytest.raises(grpc.RpcError) as info:
+                    client.analysis.Analyze(pb.AnalyzeRequest(image=pb.Image(encoded=data)), timeout=30)
+                elapsed = time.perf_counter() - started
+                accepted_format = name.split()[0 if not name.startswith("real") else 1] in ("PNG", "JPEG", "WEBP", "HEIF")
+                expected = grpc.StatusCode.RESOURCE_EXHAUSTED if accepted_format else grpc.StatusCode.INVALID_ARGUMENT
+                assert info.value.code() == expected, (name, info.value.details())
+                assert ("at most" in info.value.details()) if accepted_format else \
+                    ("JPEG, PNG, WebP or HEIC" in info.value.details()), (name, info.value.details())
+                if elapsed > 0.1:
+                    slow.append(f"{name}: {elapsed * 1000:.0f} ms")
+            assert not slow, slow
+
+            def one(data):
+                try:
+                    client.analysis.Analyze(pb.AnalyzeRequest(image=pb.Image(encoded=data)), timeout=30)
+                except grpc.RpcError as exc:
+                    return exc.code()
+                return grpc.StatusCode.OK
+
+            eight = list(bombs.values())[:8]
+            with ThreadPoolExecutor(9) as pool:
+                refused = [pool.submit(one, d) for d in eight]
+                normal = pool.submit(client.analyze, photo)
+                assert len(normal.result(60).faces) == 1
+                assert all(f.result(60) != grpc.StatusCode.OK for f in refused)
+            growth_mb = (_memory_kb(proc.pid, "VmHWM") - peak_before) / 1024
+            assert growth_mb < 50, f"peak memory grew by {growth_mb:.0f} MB"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+# ------------------------------------------------------------------------------------ fault isolation
+
+FAULTY = '''
+from mobidem.plugins import FacePlugin
+
+
+class Faulty(FacePlugin):
+    """Raises an ordinary exception on frames 321 pixels wide (a stand-in for a plugin bug)."""
+
+    name = "faulty_test"
+    fields = ("width_seen",)
+
+    async def process(self, image, faces, chips, ctx):
+        if image.shape[1] == 321:
+            raise ValueError("a bug in a plugin")
+        return [{"width_seen": float(image.shape[1])} for _ in faces]
+'''
+
+
+@pytest.fixture(scope="module")
+def faulty_plugin(tmp_path_factory):
+    """A plugin package found through the entry-point group, as an installed one is."""
+    root = tmp_path_factory.mktemp("faulty_plugin")
+    (root / "mobidem_faulty_test.py").write_text(FAULTY)
+    info = root / "mobidem_faulty_test-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mobidem-faulty-test\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[mobidem.plugins]\nfaulty_test = mobidem_faulty_test:Faulty\n")
+    sys.path.insert(0, str(root))
+    yield "faulty_test"
+    sys.path.remove(str(root))
+
+
+def test_a_plugin_exception_fails_that_frame_only(start_server, faulty_plugin, faces):
+    server = start_server(face_plugins=f"face_multitask,{faulty_plugin}")
+    photo = rgb_of(person_photos(faces, "barack_obama")[0])
+    narrow = cv2.resize(photo, (321, int(photo.shape[0] * 321 / photo.shape[1])))
+    with server.client() as c:
+        out = list(c.stream([photo, narrow, photo, narrow, photo]))
+        assert [r.status for r in out] == [OK, FAILED, OK, FAILED, OK]
+        assert all(r.error_code == grpc.StatusCode.INTERNAL.value[0] and "ref " in r.error_message
+                   for r in out if r.status == FAILED)
+        assert out[2].faces[0].extensions["faulty_test.width_seen"].number == photo.shape[1]
+        with pytest.raises(grpc.RpcError) as info:  # a unary call answers INTERNAL with a reference, too
+            c.analyze(narrow)
+        assert info.value.code() == grpc.StatusCode.INTERNAL and "ref " in info.value.details()
+
+
+# ------------------------------------------------------------------------------------ calibration
+
+def _start_failure(triton, tmp_path, **overrides) -> BaseException | None:
+    from mobidem import config
+    from mobidem.app import MobidemServer
+
+    env = {"MOBIDEM_DATA_DIR": str(tmp_path), "MOBIDEM_LISTEN": "127.0.0.1:0", "MOBIDEM_TRITON_URL": triton.grpc_url,
+           "MOBIDEM_METRICS_LISTEN": ""}
+    env.update({f"MOBIDEM_{k.upper()}": str(v) for k, v in overrides.items()})
+    server = MobidemServer(config.load(None, environ=env))
+
+    async def start():
+        try:
+            await asyncio.wait_for(server.start(), 60)
+        finally:
+            await server.stop(grace=0)
+
+    try:
+        asyncio.run(start())
+    except Exception as exc:  # noqa: BLE001
+        return exc
+    return None
+
+
+def test_a_calibration_for_another_embedder_is_refused(triton, tmp_path):
+    from mobidem.errors import FailedPrecondition
+
+    shipped = json.loads((REPO / "server" / "mobidem" / "data" / "calibration.json").read_text())
+    manifest = json.loads((REPO / "model_repository" / "MANIFEST.json").read_text())
+    assert shipped["embedder"]["onnx_sha256"] == manifest["models"]["face_multitask"]["sha256"]
+    other_version = json.loads(json.dumps(shipped))
+    other_version["embedder"]["model_version"] = "7"
+    other_file = json.loads(json.dumps(shipped))
+    other_file["embedder"]["onnx_sha256"] = "ab" * 32
+    for n, cal in enumerate((other_version, other_file)):
+        path = tmp_path / f"cal{n}.json"
+        path.write_text(json.dumps(cal))
+        error = _start_failure(triton, tmp_path / f"d{n}", calibration=path)
+        assert isinstance(error, FailedPrecondition), error
+        text = str(error)
+        assert "face_multitask version 1" in text and "recalibrate" in text
+        assert ("face_multitask version 7" in text) if n == 0 else ("abababababab" in text), text
+    path = tmp_path / "cal0.json"
+    assert _start_failure(triton, tmp_path / "d2", calibration=path, allow_uncalibrated_embedder="true") is None
+
+
+# ------------------------------------------------------------------------------------ idempotency purge
+
+def test_idempotency_records_are_purged_after_their_retention(start_server, faces):
+    server = start_server(idempotency_retention_s=1)
+    photo = person_photos(faces, "barack_obama")[0]
+    with server.client() as c:
+        first = c.enroll("Obama", [photo], face_index=0, idempotency_key="purge-me")
+        again = c.enroll("Obama", [photo], face_index=0, idempotency_key="purge-me")
+        assert again.replayed and again.identity.id == first.identity.id
+        time.sleep(2.5)  # retention 1 s: purged within half of it after expiring
+        later = c.enroll("Obama", [photo], face_index=0, idempotency_key="purge-me")
+    assert not later.replayed and later.identity.id != first.identity.id
