@@ -315,10 +315,12 @@ def test_bomb_corpus_is_refused_before_it_costs_anything(triton, tmp_path, faces
             peak_before = _memory_kb(proc.pid, "VmHWM")
             slow = []
             for name, data in bombs.items():
-                started = time.perf_counter()
-                with pytest.raises(grpc.RpcError) as info:
-                    client.analysis.Analyze(pb.AnalyzeRequest(image=pb.Image(encoded=data)), timeout=30)
-                elapsed = time.perf_counter() - started
+                elapsed = float("inf")
+                for _ in range(3):  # the cost of refusing it: the best of three round trips, not scheduler noise
+                    started = time.perf_counter()
+                    with pytest.raises(grpc.RpcError) as info:
+                        client.analysis.Analyze(pb.AnalyzeRequest(image=pb.Image(encoded=data)), timeout=30)
+                    elapsed = min(elapsed, time.perf_counter() - started)
                 accepted_format = name.split()[0 if not name.startswith("real") else 1] in ("PNG", "JPEG", "WEBP", "HEIF")
                 expected = grpc.StatusCode.RESOURCE_EXHAUSTED if accepted_format else grpc.StatusCode.INVALID_ARGUMENT
                 assert info.value.code() == expected, (name, info.value.details())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from mobidem import calibration, certs, modelbuild
+from mobidem import calibration, certs, imaging, modelbuild
 from mobidem.api import auth as api_auth
 from mobidem.api.analysis import FaceAnalysisServicer
 from mobidem.api.errors import ObservingInterceptor
@@ -56,7 +57,7 @@ class MobidemServer:
     async def start(self) -> "MobidemServer":
         s = self.settings
         data = s.data_path
-        data.mkdir(parents=True, exist_ok=True)
+        private_dir(data)
         for service in ("", *SERVICES):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         plugins = PluginSet.from_config(s.detector, s.face_plugin_names)  # fails fast on a bad configuration
@@ -64,7 +65,8 @@ class MobidemServer:
         if not url:
             self.managed = ManagedTriton([Path(s.model_repository), *plugins.repositories()], data / "triton",
                                          grpc_port=s.triton_grpc_port, http_port=s.triton_http_port,
-                                         metrics_port=s.triton_metrics_port, models=plugins.model_names)
+                                         metrics_port=s.triton_metrics_port, models=plugins.model_names,
+                                         locked=True)
             await asyncio.to_thread(self.managed.start, s.triton_start_timeout_s)
             url = self.managed.grpc_url
             log.info("managed Triton ready on %s (metrics on 127.0.0.1:%d)", url, self.managed.metrics_port)
@@ -72,7 +74,8 @@ class MobidemServer:
         if shm not in ("on", "off", "auto"):
             raise InvalidArgument(f"triton_shared_memory must be on, off or auto, got {s.triton_shared_memory!r}")
         use_shm = shm == "on" or (shm == "auto" and (self.managed is not None or is_local(url)))
-        self.triton = TritonClient(url, metrics=self.metrics, shared_memory=use_shm)
+        self.triton = TritonClient(url, metrics=self.metrics, shared_memory=use_shm,
+                                   headers=self.managed.auth_headers if self.managed is not None else None)
         log.info("Triton tensors via %s", "system shared memory" if use_shm else "gRPC")
         self.pipeline = Pipeline(self.triton, plugins, PipelineConfig(threads=s.image_threads, detect_max_side=s.detect_max_side),
                                  metrics=self.metrics)
@@ -83,6 +86,8 @@ class MobidemServer:
             check_io(plugin, served)
         planned = await self.triton.plan(self.pipeline.models)  # versions pinned, batch limits from the configs
         log.info("models (version, max batch): %s", planned)
+        for name in ("gallery.db", "gallery.db-wal", "gallery.db-shm"):  # templates: private before SQLite opens them
+            private_file(data / name, create=name == "gallery.db")
         self.gallery = await asyncio.to_thread(Gallery.open, str(data / "gallery.db"),
                                                template_key=load_key(s.template_key_file, s.template_key))
         points = calibration.load(s.calibration or DEFAULT_CALIBRATION)
@@ -97,6 +102,7 @@ class MobidemServer:
         self.audit = self.identities.audit = AuditLog(s.audit_log or data / "audit.db", models)
         self.pipeline.matcher = self.identities
 
+        await asyncio.to_thread(imaging.warm_up)
         limits = ImageLimits(max_encoded_bytes=s.max_message_bytes, max_side=s.max_image_side,
                              max_pixels=s.max_image_pixels)
         options = [("grpc.max_receive_message_length", s.max_message_bytes + 64 * 1024),
@@ -214,6 +220,27 @@ class MobidemServer:
             self.audit.close()
         if self.managed is not None:
             await asyncio.to_thread(self.managed.stop)
+
+
+def private_dir(path: Path) -> None:
+    """``path`` as a directory only its owner can enter (0700); a looser existing one is tightened."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning("data directory %s was mode %o; setting 0700 (it holds face templates and keys)", path, mode)
+        os.chmod(path, 0o700)
+
+
+def private_file(path: Path, create: bool = False) -> None:
+    """``path`` readable by its owner only (0600): created so, or tightened (with a warning) if looser."""
+    if create:
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    if not path.exists():
+        return
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning("%s was mode %o; setting 0600 (it holds face templates)", path, mode)
+        os.chmod(path, 0o600)
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:

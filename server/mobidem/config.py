@@ -45,7 +45,7 @@ class Settings:
     max_message_bytes: int = setting(16 * 1024 * 1024, "largest request message (and encoded image), in bytes")
     max_image_side: int = setting(8192, "largest image side in pixels (checked from the header before decoding)")
     max_image_pixels: int = setting(50_000_000, "most pixels per image (a 48-MP photo fits; checked before decoding)")
-    detect_max_side: int = setting(2048, "the detector sees images shrunk to at most this side (bounded cost)")
+    detect_max_side: int = setting(2160, "the detector sees images shrunk to at most this side (bounded cost)")
     # frames held per stream when the client does not say: with backpressure (a file, a batch job) more
     # frames in flight buy throughput (one 640x360 stream: 119 frames/s at 8 against 106 at 4, measured);
     # with latest-frame-wins (a live camera) fewer keep the answer fresh under overload
@@ -59,7 +59,7 @@ class Settings:
     metrics_listen: str = setting("127.0.0.1:9095", "HTTP /metrics, /healthz, /readyz (host:port); empty: off")
     triton_grpc_port: int = setting(0, "managed Triton's gRPC port on 127.0.0.1 (0: any free port)")
     triton_http_port: int = setting(0, "managed Triton's HTTP port on 127.0.0.1 (0: any free port)")
-    triton_metrics_port: int = setting(8002, "managed Triton's own Prometheus metrics port (0: any free port)")
+    triton_metrics_port: int = setting(0, "managed Triton's own Prometheus metrics port (0: any free port)")
     triton_shared_memory: str = setting("auto", "tensors via system shared memory: on | off | auto (on for the "
                                                 "managed Triton or a loopback URL)")
     log_level: str = setting("INFO", "DEBUG | INFO | WARNING | ERROR")

@@ -138,6 +138,13 @@ def _heif():
     return pillow_heif
 
 
+def warm_up() -> None:
+    """Load the decoders now (at server start), not on a client's first HEIF or WebP."""
+    from PIL import WebPImagePlugin  # noqa: F401
+
+    _heif()
+
+
 def _open(data: bytes, fmt: str):
     """A lazily opened Pillow image: the header is parsed, no pixel is decoded yet."""
     from PIL import Image, UnidentifiedImageError

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import secrets
 import shutil
 import signal
 import site
@@ -26,6 +27,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SITE_PACKAGES_ENV = "MOBIDEM_SITE_PACKAGES"
+SECRET_HEADER = "mobidem-triton-key"  # a locked Triton's restricted protocols need it (ManagedTriton.locked)
 
 
 class TritonError(RuntimeError):
@@ -127,6 +129,10 @@ class ManagedTriton:
     log_verbose: int = 0
     python_path: list[str] | None = None  # import paths for model.py (default: this environment's)
     extra_args: list[str] = field(default_factory=list)
+    # locked (what `mobidem serve` starts): no HTTP endpoint, model control (load/unload) refused to
+    # everyone, and inference, shared memory, model config and statistics only with this instance's
+    # random secret in the header `auth_headers` names; health and metadata stay open
+    locked: bool = False
     process: subprocess.Popen | None = field(default=None, init=False)
     _group: int | None = field(default=None, init=False)  # process group of the last start (Triton + stubs)
 
@@ -141,6 +147,12 @@ class ManagedTriton:
         # the Python backend's shared-memory regions get a prefix of their own, so that two Tritons on
         # one machine never collide and a crashed one's leftovers can be removed before a restart
         self.shm_prefix = f"mobidem_{os.getpid()}_{self.grpc_port}_"
+        self._secret = secrets.token_urlsafe(24)
+
+    @property
+    def auth_headers(self) -> dict[str, str] | None:
+        """What a client sends to use a locked Triton (None: not locked)."""
+        return {f"triton-grpc-protocol-{SECRET_HEADER}": self._secret} if self.locked else None
 
     @property
     def grpc_url(self) -> str:
@@ -171,6 +183,12 @@ class ManagedTriton:
         if self.models is not None:
             cmd.append("--model-control-mode=explicit")
             cmd += [f"--load-model={m}" for m in self.models]
+        if self.locked:
+            # model-repository (load, unload, index) needs a secret that nobody is told: refused to all
+            cmd += ["--allow-http=false",
+                    f"--grpc-restricted-protocol=model-repository:mobidem-model-control={secrets.token_urlsafe(24)}",
+                    f"--grpc-restricted-protocol=inference,shared-memory,model-config,statistics,trace,logging:"
+                    f"{SECRET_HEADER}={self._secret}"]
         return cmd + list(self.extra_args)
 
     def start(self, timeout: float = 120.0) -> "ManagedTriton":

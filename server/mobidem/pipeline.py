@@ -84,7 +84,7 @@ class PipelineConfig:
     # the detector sees an image larger than this shrunk by an integer factor to at most this side,
     # so its cost is bounded whatever the resolution (a 12-MP or 48-MP photo costs what a 2-MP one
     # does); chips are still cut from the full-resolution image (docs/PERFORMANCE.md, "Phone photos")
-    detect_max_side: int = 2048
+    detect_max_side: int = 2160  # every photo of the shared data (at most 2160 px) is detected as it is
 
 
 class Pipeline:

@@ -83,8 +83,9 @@ class SharedMemoryPool:
     MIN_SIZE = 256 * 1024
     MAX_SIZE = 16 * 1024 * 1024
 
-    def __init__(self, max_bytes: int = 256 * 1024 * 1024):
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024, headers: dict[str, str] | None = None):
         _reap_dead()
+        self.headers = headers  # the managed Triton's credential for its restricted protocols
         self.prefix = f"{SHM_PREFIX}{os.getpid()}_{secrets.token_hex(4)}_"
         self.max_bytes = max_bytes
         self.free: dict[int, list[_Region]] = {}
@@ -118,11 +119,11 @@ class SharedMemoryPool:
             try:
                 if region.generation >= 0:  # registered with a Triton that has since restarted
                     try:
-                        await client.unregister_system_shared_memory(region.name, client_timeout=5)
+                        await client.unregister_system_shared_memory(region.name, headers=self.headers, client_timeout=5)
                     except InferenceServerException:
                         pass
                 await client.register_system_shared_memory(region.name, "/" + region.name, region.size,
-                                                           client_timeout=5)
+                                                           headers=self.headers, client_timeout=5)
             except Exception:
                 free.append(region)
                 raise
@@ -140,7 +141,7 @@ class SharedMemoryPool:
         for region in self.regions:
             if region.generation >= 0 and client is not None:
                 try:
-                    await client.unregister_system_shared_memory(region.name, client_timeout=5)
+                    await client.unregister_system_shared_memory(region.name, headers=self.headers, client_timeout=5)
                 except Exception:  # noqa: BLE001 - Triton may be gone already; unlink anyway
                     pass
             region.destroy()
@@ -165,14 +166,18 @@ class TritonClient:
     """Async inference against a Triton server (managed or external) over gRPC, tensors through
     system shared memory when ``shared_memory`` is on (Triton on this machine)."""
 
-    def __init__(self, url: str, timeout_s: float = 30.0, metrics=None, shared_memory: bool = False):
+    def __init__(self, url: str, timeout_s: float = 30.0, metrics=None, shared_memory: bool = False,
+                 headers: dict[str, str] | None = None):
         self.url = url
+        # sent with every call that a locked Triton restricts (mobidem.managed_triton: inference, shared
+        # memory, model config, statistics; model control is refused to everyone)
+        self.headers = headers
         self.timeout_s = timeout_s
         self.metrics = metrics  # mobidem.metrics.Metrics or None
         self._client: grpcclient.InferenceServerClient | None = None
         self._versions: dict[str, str] = {}  # model -> the version pinned at start (plan) or first use
         self._max_batch: dict[str, int] = {}  # model -> max_batch_size from Triton's model config
-        self.shm: SharedMemoryPool | None = SharedMemoryPool() if shared_memory else None
+        self.shm: SharedMemoryPool | None = SharedMemoryPool(headers=headers) if shared_memory else None
         self._out_shapes: dict[str, dict[str, tuple[str, tuple[int, ...]]]] = {}  # model -> output -> (dtype, dims)
 
     @property
@@ -214,7 +219,8 @@ class TritonClient:
         planned = {}
         for model in models:
             version = await self.model_version(model)
-            config = await self.client.get_model_config(model, version, as_json=True, client_timeout=5)
+            config = await self.client.get_model_config(model, version, headers=self.headers, as_json=True,
+                                                        client_timeout=5)
             max_batch = int(config.get("config", config).get("max_batch_size", 0))
             if max_batch < 1:
                 raise FailedPrecondition(
@@ -265,7 +271,7 @@ class TritonClient:
     async def _call(self, model, tensors, requested, timeout):
         try:
             return await self.client.infer(model, tensors, model_version=self._versions.get(model, ""),
-                                           outputs=requested, client_timeout=timeout)
+                                           outputs=requested, headers=self.headers, client_timeout=timeout)
         except InferenceServerException as exc:
             error = _translate(model, exc, self._versions.get(model, ""))
             self._count_error(model, error)
@@ -354,7 +360,7 @@ class TritonClient:
             self.metrics.triton_errors.labels(model, _CODES.get(type(error), "INTERNAL")).inc()
 
     async def statistics(self, model: str = "") -> dict:
-        stats = await self.client.get_inference_statistics(model, as_json=True)
+        stats = await self.client.get_inference_statistics(model, headers=self.headers, as_json=True)
         return stats
 
 

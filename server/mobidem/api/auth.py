@@ -40,18 +40,21 @@ class AuthInterceptor(WrappingInterceptor):
         role = self.required_role(method) if self.keys is not None else None
         if role is None:
             return ""
+        credentials = [(k, v) for k, v in ((item[0], item[1]) for item in metadata or ())
+                       if k in ("x-api-key", "authorization")]
+        if len(credentials) > 1:
+            # a proxy that checks the first header and a server that reads the last must never disagree
+            names = ", ".join(k for k, _ in credentials)
+            raise Unauthenticated(f"{len(credentials)} credential headers ({names}); send exactly one: {HOW}")
         api_key = bearer = None
-        for item in metadata or ():
-            k, v = item[0], item[1]
+        for k, v in credentials:
             if k == "x-api-key":
                 api_key = v if isinstance(v, str) else None
-            elif k == "authorization" and isinstance(v, str):
+            elif isinstance(v, str):
                 scheme, _, token = v.strip().partition(" ")
                 if scheme.lower() != "bearer" or not token.strip():
                     raise Unauthenticated("the authorization header must be `Bearer <key>`")
                 bearer = token.strip()
-        if api_key is not None and bearer is not None and not hmac.compare_digest(api_key, bearer):
-            raise Unauthenticated("x-api-key and authorization carry different keys; send one")
         secret = api_key if api_key is not None else bearer
         if not secret:
             raise Unauthenticated(f"{method} needs credentials: {HOW}")

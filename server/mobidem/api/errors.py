@@ -36,6 +36,9 @@ STATUS = {
 }
 
 
+MAX_MESSAGE = 1000
+
+
 def status_for(exc: BaseException) -> grpc.StatusCode | None:
     for cls in type(exc).__mro__:
         if cls in STATUS:
@@ -49,8 +52,11 @@ async def _abort_for(exc: BaseException, context, method: str) -> None:
         ref = uuid.uuid4().hex[:12]
         log.exception("internal error in %s (ref %s)", method, ref)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref}); the server log has details")
-    log.info("%s -> %s: %s", method, code.name, exc)
-    await context.abort(code, str(exc))
+    message = str(exc)
+    if len(message) > MAX_MESSAGE:  # whatever a client sent, it is not echoed or logged at length
+        message = message[:MAX_MESSAGE] + f"... ({len(message)} characters)"
+    log.info("%s -> %s: %s", method, code.name, message)
+    await context.abort(code, message)
 
 
 def _code(context, exc: BaseException | None, finished: bool) -> str:

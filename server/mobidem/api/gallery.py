@@ -32,6 +32,17 @@ def identity_pb(identity: Identity, current: str) -> pb.Identity:
     )
 
 
+MAX_ID = 128  # identity ids are 32 hex characters; anything longer is refused before it is echoed or logged
+MAX_OPERATING_POINT = 64
+
+
+def bounded(value: str, field: str, limit: int = MAX_ID) -> str:
+    """``value``, unless it is longer than ``limit``: then INVALID_ARGUMENT, without echoing it."""
+    if len(value) > limit:
+        raise InvalidArgument(f"{field} is {len(value)} characters long; at most {limit} are accepted")
+    return value
+
+
 def _request_hash(request: pb.EnrollRequest) -> str:
     copy = pb.EnrollRequest()
     copy.CopyFrom(request)
@@ -46,6 +57,7 @@ class GalleryServicer(pb_grpc.GalleryServicer):
         self.limits = limits
 
     async def Enroll(self, request: pb.EnrollRequest, context) -> pb.EnrollResponse:
+        bounded(request.identity_id, "identity_id")
         loaders = [convert.image_loader(img, self.limits, f"images[{i}]") for i, img in enumerate(request.images)]
         result = await self.identities.enroll(
             request.identity_id or None, request.display_name or None, dict(request.metadata), loaders,
@@ -79,16 +91,20 @@ class GalleryServicer(pb_grpc.GalleryServicer):
                                          next_page_token=token or "")
 
     async def GetIdentity(self, request: pb.GetIdentityRequest, context) -> pb.Identity:
+        bounded(request.identity_id, "identity_id")
         identity = await asyncio.to_thread(self.gallery.get, request.identity_id)
         if identity is None:
             raise NotFound(f"identity {request.identity_id!r} does not exist")
         return identity_pb(identity, self.identities.embedder)
 
     async def DeleteIdentity(self, request: pb.DeleteIdentityRequest, context) -> pb.DeleteIdentityResponse:
+        bounded(request.identity_id, "identity_id")
         deleted = await asyncio.to_thread(self.gallery.delete, request.identity_id)
         return pb.DeleteIdentityResponse(templates_deleted=deleted)
 
     async def Verify(self, request: pb.VerifyRequest, context) -> pb.VerifyResponse:
+        bounded(request.identity_id, "identity_id")
+        bounded(request.operating_point, "operating_point", MAX_OPERATING_POINT)
         probe = convert.image_loader(request.probe, self.limits, "probe")
         which = request.WhichOneof("reference")
         if which is None:
@@ -101,6 +117,7 @@ class GalleryServicer(pb_grpc.GalleryServicer):
                                  embedder=d.embedder, request_id=d.request_id)
 
     async def Identify(self, request: pb.IdentifyRequest, context) -> pb.IdentifyResponse:
+        bounded(request.operating_point, "operating_point", MAX_OPERATING_POINT)
         probe = convert.image_loader(request.probe, self.limits, "probe")
         match = await self.identities.identify(probe, request.top_k or 5, request.operating_point)
         return pb.IdentifyResponse(match=convert.match_pb(match), embedder=self.identities.embedder,

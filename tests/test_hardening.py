@@ -1,0 +1,118 @@
+"""Holes an outside probe found, closed and shown closed against the real server and Triton.
+
+The managed Triton refuses model control and anonymous inference; two servers start on one host;
+exactly one credential per call; client strings are bounded before they are echoed or logged;
+template files are private.
+"""
+
+from __future__ import annotations
+
+import socket
+import stat
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from conftest import RunningServer, person_photos
+from mobidem.v1 import mobidem_pb2 as pb
+
+
+@pytest.fixture(scope="module")
+def two_managed(model_repository, tmp_path_factory):
+    """Two `mobidem serve`-style servers, each with its own managed Triton, all ports by default."""
+    from mobidem import config
+
+    servers = []
+    for n in range(2):
+        env = {"MOBIDEM_DATA_DIR": str(tmp_path_factory.mktemp(f"managed{n}")), "MOBIDEM_LISTEN": "127.0.0.1:0",
+               "MOBIDEM_METRICS_LISTEN": "127.0.0.1:0"}  # triton_metrics_port left at its default
+        servers.append(RunningServer(config.load(None, environ=env)))
+    yield servers
+    for s in servers:
+        s.stop()
+
+
+def test_two_servers_start_on_one_host(two_managed, faces):
+    a, b = two_managed
+    assert a.server.managed.metrics_port != b.server.managed.metrics_port
+    photo = person_photos(faces, "barack_obama")[0]
+    for s in (a, b):
+        with s.client() as c:
+            assert len(c.analyze(photo).faces) == 1
+
+
+def test_the_managed_triton_takes_no_orders_from_other_local_processes(two_managed, faces):
+    server = two_managed[0]
+    managed = server.server.managed
+    with grpcclient.InferenceServerClient(managed.grpc_url) as triton:
+        assert triton.is_server_ready()  # health and metadata stay open
+        for attempt in (lambda: triton.unload_model("face_multitask"),
+                        lambda: triton.load_model("face_multitask"),
+                        lambda: triton.load_model("evil", config='{"backend": "python"}',
+                                                  files={"file:1/model.py": b"import os\n"}),
+                        lambda: triton.get_model_repository_index()):
+            with pytest.raises(InferenceServerException) as info:
+                attempt()
+            assert "restricted" in str(info.value).lower() or "header" in str(info.value).lower(), info.value
+        image = grpcclient.InferInput("image", [1, 128, 128, 3], "UINT8")
+        image.set_data_from_numpy(np.zeros((1, 128, 128, 3), np.uint8))
+        with pytest.raises(InferenceServerException):  # inference needs the gateway's secret too
+            triton.infer("blazeface_short", [image])
+        assert triton.is_model_ready("face_multitask")  # still loaded
+    with socket.socket() as probe:  # no HTTP endpoint at all
+        assert probe.connect_ex(("127.0.0.1", managed.http_port)) != 0
+    with server.client() as c:  # the gateway itself is unaffected
+        assert c.identify(person_photos(faces, "barack_obama")[0]).match is not None
+
+
+def test_exactly_one_credential_per_call(start_server, tmp_path, faces):
+    from mobidem import auth
+
+    path = tmp_path / "keys.yaml"
+    verify = auth.add_key(path, "partner", ["verify"])
+    admin = auth.add_key(path, "ops", ["admin"])
+    server = start_server(api_keys_file=path)
+    from mobidem.v1 import mobidem_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(server.target) as channel:
+        gallery = pb_grpc.GalleryStub(channel)
+        request = pb.ListIdentitiesRequest()
+        assert gallery.ListIdentities(request, metadata=[("x-api-key", admin)], timeout=10) is not None
+        for metadata in ([("x-api-key", verify), ("x-api-key", admin)],
+                         [("x-api-key", admin), ("x-api-key", admin)],
+                         [("authorization", f"Bearer {verify}"), ("authorization", f"Bearer {admin}")],
+                         [("x-api-key", admin), ("authorization", f"Bearer {admin}")]):
+            with pytest.raises(grpc.RpcError) as info:
+                gallery.ListIdentities(request, metadata=metadata, timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, metadata
+            assert "send exactly one" in info.value.details()
+
+
+def test_client_strings_are_bounded_before_they_are_echoed(client, server, faces, caplog):
+    huge = "x" * 1_000_000
+    photo = person_photos(faces, "barack_obama")[0]
+    calls = {
+        "GetIdentity": lambda: client.gallery.GetIdentity(pb.GetIdentityRequest(identity_id=huge), timeout=30),
+        "DeleteIdentity": lambda: client.gallery.DeleteIdentity(pb.DeleteIdentityRequest(identity_id=huge), timeout=30),
+        "Verify": lambda: client.verify(photo, identity_id=huge),
+        "Verify operating point": lambda: client.verify(photo, photo, operating_point=huge),
+    }
+    with caplog.at_level("INFO"):
+        for name, call in calls.items():
+            with pytest.raises(grpc.RpcError) as info:
+                call()
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+            assert "1000000 characters" in info.value.details() and len(info.value.details()) < 200, name
+    assert max(len(r.getMessage()) for r in caplog.records) < 2000
+
+
+def test_template_files_are_private(server):
+    data = server.server.settings.data_path
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    files = [p for p in data.iterdir() if p.name.startswith(("gallery.db", "audit.db"))]
+    assert {p.name for p in files} >= {"gallery.db", "gallery.db-wal", "audit.db"}
+    for p in files:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, (p.name, oct(p.stat().st_mode))
