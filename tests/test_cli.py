@@ -30,7 +30,10 @@ def test_cli_enroll_identify_verify_analyze(start_server, faces):
     assert out.stdout.startswith("identified as Barack Obama")
     same = mobidem(server, "verify", str(obama[2]), str(obama[3]))
     assert same.stdout.startswith("SAME person") and "far_1e-3" in same.stdout
-    other = mobidem(server, "verify", str(obama[2]), str(person_photos(faces, "tony_blair")[0]), check=False)
+    blair = str(person_photos(faces, "tony_blair")[0])  # a second, cut-off face at its edge
+    two = mobidem(server, "verify", str(obama[2]), blair, check=False)
+    assert two.returncode == 1 and "INVALID_ARGUMENT" in two.stderr and "reference_face_index" in two.stderr
+    other = mobidem(server, "verify", str(obama[2]), blair, "--reference-face-index", "0", check=False)
     assert other.returncode == 1 and other.stdout.startswith("DIFFERENT people")
     out = mobidem(server, "analyze", str(faces / "multiface" / "facerecognition_1.jpg"))
     assert "2 face(s)" in out.stdout and "Barack Obama" in out.stdout

@@ -116,3 +116,41 @@ def test_template_files_are_private(server):
     assert {p.name for p in files} >= {"gallery.db", "gallery.db-wal", "audit.db"}
     for p in files:
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, (p.name, oct(p.stat().st_mode))
+
+
+def test_verify_and_identify_refuse_a_probe_with_several_faces_unless_told_which(client, faces):
+    group = faces / "multiface" / "facerecognition_1.jpg"  # two people
+    single = person_photos(faces, "barack_obama")[0]
+    for call, field in ((lambda **kw: client.verify(group, single, **kw), "probe_face_index"),
+                        (lambda **kw: client.verify(single, group, **kw), "reference_face_index"),
+                        (lambda **kw: client.identify(group, **kw), "probe_face_index")):
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "2 faces found" in info.value.details()
+        assert field in info.value.details()
+        assert call(**{field: 0}) is not None  # named: answered
+
+
+def test_adding_a_photo_keeps_the_identitys_metadata(client, faces):
+    photos = person_photos(faces, "colin_powell")
+    first = client.enroll("Colin Powell", [photos[0]], metadata={"employee": "42", "site": "north"}, face_index=0)
+    ident = first.identity.id
+    more = client.enroll("", [photos[1]], identity_id=ident, face_index=0)  # no metadata: kept
+    assert dict(more.identity.metadata) == {"employee": "42", "site": "north"}
+    merged = client.enroll("", [photos[2]], identity_id=ident, metadata={"site": "south"}, face_index=0)
+    assert dict(merged.identity.metadata) == {"employee": "42", "site": "south"}  # merged in
+    replaced = client.enroll("", [photos[3]], identity_id=ident, metadata={"badge": "7"}, replace_metadata=True,
+                             face_index=0)
+    assert dict(replaced.identity.metadata) == {"badge": "7"}
+    assert dict(client.get_identity(ident).metadata) == {"badge": "7"} and replaced.identity.template_count == 4
+
+
+def test_an_idempotency_key_replayed_after_a_deletion_creates_nothing(client, faces):
+    photo = person_photos(faces, "tony_blair")[1]
+    first = client.enroll("Blair", [photo], face_index=0, idempotency_key="signup-123")
+    client.delete_identity(first.identity.id)
+    count = sum(1 for _ in client.list_identities())
+    with pytest.raises(grpc.RpcError) as info:
+        client.enroll("Blair", [photo], face_index=0, idempotency_key="signup-123")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and "deleted" in info.value.details()
+    assert sum(1 for _ in client.list_identities()) == count  # no second identity

@@ -104,7 +104,7 @@ class MobidemServer:
 
         await asyncio.to_thread(imaging.warm_up)
         limits = ImageLimits(max_encoded_bytes=s.max_message_bytes, max_side=s.max_image_side,
-                             max_pixels=s.max_image_pixels)
+                             max_pixels=s.max_image_pixels, decode_min_side=s.detect_max_side // 2)
         options = [("grpc.max_receive_message_length", s.max_message_bytes + 64 * 1024),
                    ("grpc.max_send_message_length", 64 * 1024 * 1024)]
         interceptors = [ObservingInterceptor(self.metrics), api_auth.from_settings(s)]  # auth errors mapped too

@@ -172,7 +172,8 @@ def _enroll(args) -> int:
 
 def _verify(args) -> int:
     with _client(args) as client:
-        r = client.verify(args.a, args.b, operating_point=args.operating_point)
+        r = client.verify(args.a, args.b, operating_point=args.operating_point,
+                          probe_face_index=args.probe_face_index, reference_face_index=args.reference_face_index)
         verdict = "SAME person" if r.match else "DIFFERENT people"
         print(f"{verdict}: distance {r.distance:.4f} vs threshold {r.threshold:.4f} "
               f"at {r.operating_point} (FAR target {r.far_target:g}, {r.embedder})")
@@ -181,7 +182,7 @@ def _verify(args) -> int:
 
 def _identify(args) -> int:
     with _client(args) as client:
-        r = client.identify(args.image, top_k=args.top_k)
+        r = client.identify(args.image, top_k=args.top_k, probe_face_index=args.face_index)
         m = r.match
         print(f"{'identified as ' + m.display_name + ' (' + m.identity_id + ')' if m.known else 'unknown'}: "
               f"distance {m.distance:.4f}, threshold {m.threshold:.4f} at {m.operating_point}")
@@ -250,9 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("a")
     v.add_argument("b")
     v.add_argument("--operating-point", default="")
+    v.add_argument("--probe-face-index", type=int, help="take this face of A (0 = largest) when it shows several")
+    v.add_argument("--reference-face-index", type=int, help="take this face of B (0 = largest) when it shows several")
     i = client_parser("identify", "1:N: who is in this photo?", _identify)
     i.add_argument("image")
     i.add_argument("--top-k", type=int, default=5)
+    i.add_argument("--face-index", type=int, help="take this face (0 = largest) when the photo shows several")
     c = sub.add_parser("certs", help="TLS certificates").add_subparsers(dest="certs_command", required=True)
     cd = c.add_parser("dev", help="make a development CA, a server certificate and a client certificate")
     cd.add_argument("dir")

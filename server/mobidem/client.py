@@ -151,24 +151,35 @@ class MobidemClient:
         return self.analysis.Stream(requests(), timeout=timeout)
 
     def enroll(self, display_name: str, images: Iterable, identity_id: str = "", metadata=None,
-               face_index: int | None = None, idempotency_key: str = "") -> pb.EnrollResponse:
+               face_index: int | None = None, idempotency_key: str = "",
+               replace_metadata: bool = False) -> pb.EnrollResponse:
         request = pb.EnrollRequest(identity_id=identity_id, display_name=display_name, metadata=metadata or {},
-                                   images=[to_image(i) for i in images], idempotency_key=idempotency_key)
+                                   images=[to_image(i) for i in images], idempotency_key=idempotency_key,
+                                   replace_metadata=replace_metadata)
         if face_index is not None:
             request.face_index = face_index
         return self.gallery.Enroll(request, timeout=self.timeout)
 
-    def verify(self, probe, reference=None, identity_id: str = "", operating_point: str = "") -> pb.VerifyResponse:
+    def verify(self, probe, reference=None, identity_id: str = "", operating_point: str = "",
+               probe_face_index: int | None = None, reference_face_index: int | None = None) -> pb.VerifyResponse:
+        """1:1. A probe or reference with several faces is refused unless its face index is given."""
         request = pb.VerifyRequest(probe=to_image(probe), operating_point=operating_point)
         if identity_id:
             request.identity_id = identity_id
         else:
             request.image.CopyFrom(to_image(reference))
+        if probe_face_index is not None:
+            request.probe_face_index = probe_face_index
+        if reference_face_index is not None:
+            request.reference_face_index = reference_face_index
         return self.gallery.Verify(request, timeout=self.timeout)
 
-    def identify(self, probe, top_k: int = 5, operating_point: str = "") -> pb.IdentifyResponse:
-        return self.gallery.Identify(pb.IdentifyRequest(probe=to_image(probe), top_k=top_k,
-                                                        operating_point=operating_point), timeout=self.timeout)
+    def identify(self, probe, top_k: int = 5, operating_point: str = "",
+                 probe_face_index: int | None = None) -> pb.IdentifyResponse:
+        request = pb.IdentifyRequest(probe=to_image(probe), top_k=top_k, operating_point=operating_point)
+        if probe_face_index is not None:
+            request.probe_face_index = probe_face_index
+        return self.gallery.Identify(request, timeout=self.timeout)
 
     def list_identities(self, page_size: int = 100) -> Iterator[pb.Identity]:
         token = ""

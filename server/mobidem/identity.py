@@ -63,8 +63,9 @@ class IdentityService:
             raise InvalidArgument(f"{what}: no face found; send a photo with the face clearly visible")
         if face_index is None:
             if len(faces) > 1:
+                field = {"probe": "probe_face_index", "reference image": "reference_face_index"}.get(what, "face_index")
                 raise InvalidArgument(
-                    f"{what}: {len(faces)} faces found; send a photo of one person or set face_index "
+                    f"{what}: {len(faces)} faces found; send a photo of one person or set {field} "
                     f"(0 = the largest face)"
                 )
             face_index = 0
@@ -78,13 +79,16 @@ class IdentityService:
 
     async def enroll(self, identity_id: str | None, display_name: str | None, metadata: Mapping[str, str],
                      loaders: Sequence[Loader], face_index: int | None, idempotency_key: str | None,
-                     request_hash: str | None):
+                     request_hash: str | None, replace_metadata: bool = False):
         if not loaders:
             raise InvalidArgument("enrolment needs at least one image")
         embeddings = [await self._embed_one(load, f"images[{i}]", face_index) for i, load in enumerate(loaders)]
         templates = [TemplateIn(e, self.model_name, self.model_version) for e in embeddings]
-        return await asyncio.to_thread(self.gallery.enroll, identity_id, display_name, dict(metadata), templates,
-                                       idempotency_key, request_hash)
+        # an existing identity keeps its metadata: the request's entries are merged in, unless it asks
+        # to replace them all (replace_metadata; an empty map then clears them)
+        metadata = dict(metadata) if (metadata or replace_metadata or identity_id is None) else None
+        return await asyncio.to_thread(self.gallery.enroll, identity_id, display_name, metadata, templates,
+                                       idempotency_key, request_hash, not replace_metadata)
 
     def match(self, embedding: np.ndarray, top_k: int, operating_point: str = "") -> Match:
         """The Matcher the pipeline calls for every face (Identify uses it too)."""
@@ -100,8 +104,8 @@ class IdentityService:
                      operating_point=point.name, candidates=candidates,
                      stale_identities=len(result.stale_identities))
 
-    async def identify(self, load: Loader, top_k: int, operating_point: str) -> Match:
-        embedding = await self._embed_one(load, "probe", face_index=0)
+    async def identify(self, load: Loader, top_k: int, operating_point: str, face_index: int | None = None) -> Match:
+        embedding = await self._embed_one(load, "probe", face_index)
         match = await asyncio.to_thread(self.match, embedding, top_k, operating_point)
         self._decided("identify", "known" if match.known else "unknown")
         if self.audit is not None:
@@ -114,11 +118,14 @@ class IdentityService:
             self.metrics.decisions.labels(kind, outcome).inc()
 
     async def verify(self, probe: Loader, reference: Loader | None, identity_id: str | None,
-                     operating_point: str) -> Decision:
+                     operating_point: str, probe_face: int | None = None,
+                     reference_face: int | None = None) -> Decision:
+        """1:1. A probe (or reference photo) with several faces is refused unless the caller names the
+        face: in a signing check a second person in the selfie is a warning sign, not a detail."""
         point = self.point(operating_point)
-        a = await self._embed_one(probe, "probe", face_index=0)
+        a = await self._embed_one(probe, "probe", probe_face)
         if reference is not None:
-            distance = float(np.linalg.norm(a - await self._embed_one(reference, "reference image", face_index=0)))
+            distance = float(np.linalg.norm(a - await self._embed_one(reference, "reference image", reference_face)))
         else:
             identity = self.gallery.get(identity_id)
             if identity is None:

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from mobidem.errors import FailedPrecondition
+from mobidem.imaging import Decoded
 from mobidem.plugins import Detection, FacePlugin, PluginSet
 from mobidem.triton_client import TritonClient
 from mobidem.vision.align import CHIP_SIZE, align_chip
@@ -165,11 +166,13 @@ class Pipeline:
     async def analyze(self, load: Callable[[], np.ndarray], tasks: frozenset[Task] = ALL_TASKS,
                       min_face_size: int = 0, top_k: int = 1) -> Analysis:
         t0 = time.perf_counter()
-        image = await self.run(load)
+        decoded = Decoded.of(await self.run(load))
+        image, scale = decoded.pixels, decoded.scale
         t1 = time.perf_counter()
-        detections = await self.detect(image, min_face_size)
+        detections = await self.detect(image, -(-min_face_size // scale))
         t2 = time.perf_counter()
-        faces = [FaceResult(d.box, d.keypoints, float(d.score)) for d in detections]
+        # boxes and points in the original image's pixels (a reduced decode is 1/scale of it)
+        faces = [FaceResult(d.box * scale, d.keypoints * scale, float(d.score)) for d in detections]
         wanted = self._wanted(tasks) if faces else []
         timings = {"decode": t1 - t0, "detect": t2 - t1, "align": 0.0, "embed": 0.0, "match": 0.0}
         if wanted:
@@ -180,16 +183,20 @@ class Pipeline:
                     if face.embedding is not None:
                         face.match = self.matcher.match(face.embedding, max(1, top_k))
             timings.update(align=align, embed=t3 - t2 - align, match=time.perf_counter() - t3)
+        if scale > 1:  # plugin points are image pixels too (docs/PLUGINS.md: a [K, 2] array is points)
+            for face in faces:
+                face.extensions = {k: _scaled_points(v, scale) for k, v in face.extensions.items()}
         timings["total"] = time.perf_counter() - t0
         models = await self.versions([self.plugins.detector, *wanted])
         timings_ms = {k: v * 1000 for k, v in timings.items()}
         if self.metrics is not None:
             self.metrics.faces_detected.inc(len(faces))
             self.metrics.observe_timings(timings_ms)
-        return Analysis(image.shape[1], image.shape[0], faces, models, timings_ms)
+        return Analysis(decoded.width, decoded.height, faces, models, timings_ms)
 
-    async def embed_faces(self, image: np.ndarray) -> tuple[list[FaceResult], str]:
+    async def embed_faces(self, image: np.ndarray | Decoded) -> tuple[list[FaceResult], str]:
         """Detect and embed every face of one image, largest first (for enrolment and verification)."""
+        image = Decoded.of(image).pixels
         model = self.embedder_model
         detections = sorted(await self.detect(image), key=lambda d: d.area, reverse=True)
         faces = [FaceResult(d.box, d.keypoints, float(d.score)) for d in detections]
@@ -218,6 +225,13 @@ def downscale(image: np.ndarray, factor: int) -> np.ndarray:
 def scaled(d: Detection, factor: int) -> Detection:
     """A detection on the downscaled image, in the original image's pixels."""
     return Detection(d.box * factor, d.score, d.keypoints * factor)
+
+
+def _scaled_points(value: Any, scale: int) -> Any:
+    """An extension value in reduced-image pixels -> original pixels, when it is points ([K, 2])."""
+    if isinstance(value, np.ndarray) and value.ndim == 2 and value.shape[1] == 2 and value.dtype.kind == "f":
+        return value * scale
+    return value
 
 
 def _chips(image: np.ndarray, detections: list[Detection]) -> np.ndarray:

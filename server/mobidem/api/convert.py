@@ -6,7 +6,7 @@ from functools import partial
 
 import numpy as np
 
-from mobidem.imaging import ImageLimits, InvalidImage, decode_encoded, decode_raw
+from mobidem.imaging import ImageLimits, InvalidImage, decode_reduced, decode_raw
 from mobidem.pipeline import ALL_TASKS, Analysis, FaceResult, Match, Task
 from mobidem.v1 import mobidem_pb2 as pb
 
@@ -15,7 +15,7 @@ def image_loader(image: pb.Image, limits: ImageLimits, what: str = "image"):
     """A function that decodes ``image`` to RGB (run in a worker thread), or InvalidImage now."""
     kind = image.WhichOneof("source")
     if kind == "encoded":
-        return partial(decode_encoded, image.encoded, limits)
+        return partial(decode_reduced, image.encoded, limits)
     if kind == "raw":
         r = image.raw
         return partial(decode_raw, r.width, r.height, r.format, r.stride, r.data, limits)

@@ -43,6 +43,10 @@ def bounded(value: str, field: str, limit: int = MAX_ID) -> str:
     return value
 
 
+def _optional(request, field: str) -> int | None:
+    return getattr(request, field) if request.HasField(field) else None
+
+
 def _request_hash(request: pb.EnrollRequest) -> str:
     copy = pb.EnrollRequest()
     copy.CopyFrom(request)
@@ -62,7 +66,7 @@ class GalleryServicer(pb_grpc.GalleryServicer):
         result = await self.identities.enroll(
             request.identity_id or None, request.display_name or None, dict(request.metadata), loaders,
             request.face_index if request.HasField("face_index") else None,
-            request.idempotency_key or None, _request_hash(request),
+            request.idempotency_key or None, _request_hash(request), request.replace_metadata,
         )
         return pb.EnrollResponse(identity=identity_pb(result.identity, self.identities.embedder),
                                  templates_added=result.templates_added, replayed=result.replayed)
@@ -111,7 +115,8 @@ class GalleryServicer(pb_grpc.GalleryServicer):
             raise InvalidArgument("set the reference: image (1:1 against a photo) or identity_id")
         reference = convert.image_loader(request.image, self.limits, "image") if which == "image" else None
         d = await self.identities.verify(probe, reference, request.identity_id if which == "identity_id" else None,
-                                         request.operating_point)
+                                         request.operating_point, _optional(request, "probe_face_index"),
+                                         _optional(request, "reference_face_index"))
         return pb.VerifyResponse(match=d.match, distance=d.distance, threshold=d.threshold,
                                  operating_point=d.operating_point, far_target=d.far_target,
                                  embedder=d.embedder, request_id=d.request_id)
@@ -119,6 +124,7 @@ class GalleryServicer(pb_grpc.GalleryServicer):
     async def Identify(self, request: pb.IdentifyRequest, context) -> pb.IdentifyResponse:
         bounded(request.operating_point, "operating_point", MAX_OPERATING_POINT)
         probe = convert.image_loader(request.probe, self.limits, "probe")
-        match = await self.identities.identify(probe, request.top_k or 5, request.operating_point)
+        match = await self.identities.identify(probe, request.top_k or 5, request.operating_point,
+                                               _optional(request, "probe_face_index"))
         return pb.IdentifyResponse(match=convert.match_pb(match), embedder=self.identities.embedder,
                                    request_id=request_id.get())  # the audit record's request id

@@ -75,9 +75,11 @@ class Gallery:
         templates: Sequence[TemplateIn],
         idempotency_key: str | None = None,
         request_hash: str | None = None,
+        merge_metadata: bool = False,
     ) -> EnrollResult:
         with self._write_lock:
-            res = self.store.enroll(identity_id, display_name, metadata, templates, idempotency_key, request_hash)
+            res = self.store.enroll(identity_id, display_name, metadata, templates, idempotency_key, request_hash,
+                                    merge_metadata)
             if not res.replayed:
                 self.index.add_records(
                     TemplateRecord(tid, res.identity.id, np.asarray(t.embedding), t.model_name, t.model_version,

@@ -74,6 +74,21 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE templates ADD COLUMN sealing BLOB;
     """,
+    # 3: idempotency records outlive the identity they created (no cascade): a replay after a
+    # deletion is answered NOT_FOUND, never with a second identity; delete() scrubs their response.
+    """
+    CREATE TABLE idempotency_v3 (
+        key          TEXT PRIMARY KEY,
+        request_hash TEXT NOT NULL,
+        identity_id  TEXT,
+        response     TEXT NOT NULL,
+        created_at   REAL NOT NULL
+    );
+    INSERT INTO idempotency_v3 SELECT key, request_hash, identity_id, response, created_at FROM idempotency;
+    DROP TABLE idempotency;
+    ALTER TABLE idempotency_v3 RENAME TO idempotency;
+    CREATE INDEX idempotency_created ON idempotency (created_at);
+    """,
 )
 
 # Created only when store_images=True (kept out of MIGRATIONS so that galleries
@@ -104,6 +119,7 @@ class GalleryStore(Protocol):
         templates: Sequence[TemplateIn],
         idempotency_key: str | None = None,
         request_hash: str | None = None,
+        merge_metadata: bool = False,
     ) -> EnrollResult: ...
 
     def get(self, identity_id: str) -> Identity | None: ...
@@ -436,11 +452,12 @@ class SqliteGallery:
         templates: Sequence[TemplateIn],
         idempotency_key: str | None = None,
         request_hash: str | None = None,
+        merge_metadata: bool = False,
     ) -> EnrollResult:
         """Create ``identity_id`` (uuid4 hex if None) or append templates to it, in one transaction.
 
         On an existing identity ``display_name``/``metadata`` replace the stored values only
-        when not None. Returns after COMMIT (durable). With ``idempotency_key``, a retry with
+        when not None (``merge_metadata``: the given entries are merged into the stored ones). Returns after COMMIT (durable). With ``idempotency_key``, a retry with
         the same key returns the first answer (``replayed=True``) and changes nothing; the
         same key with a different ``request_hash`` raises ``IdempotencyConflict``. When
         ``request_hash`` is None it is computed from the request content.
@@ -480,6 +497,9 @@ class SqliteGallery:
                                 f"idempotency key {idempotency_key!r} was already used for a different request"
                             )
                         d = json.loads(row[1])
+                        if d.get("deleted"):
+                            raise NotFound(f"idempotency key {idempotency_key!r} enrolled an identity that has "
+                                           "since been deleted; enrol again with a new key")
                         return EnrollResult(
                             identity=_identity_from_json(d["identity"]),
                             template_ids=tuple(d["template_ids"]),
@@ -507,6 +527,9 @@ class SqliteGallery:
                         sets.append("display_name = ?")
                         args.append(display_name)
                     if meta is not None:
+                        if merge_metadata:
+                            stored = c.execute("SELECT metadata FROM identities WHERE id = ?", (new_id,)).fetchone()
+                            meta = _check_metadata({**json.loads(stored[0]), **meta})
                         sets.append("metadata = ?")
                         args.append(json.dumps(meta, sort_keys=True))
                     c.execute(f"UPDATE identities SET {', '.join(sets)} WHERE id = ?", (*args, new_id))
@@ -580,6 +603,9 @@ class SqliteGallery:
             c.execute("BEGIN IMMEDIATE")
             try:
                 n = c.execute("SELECT count(*) FROM templates WHERE identity_id = ?", (identity_id,)).fetchone()[0]
+                # its idempotency records stay (a replay must not create the identity anew) without its data
+                c.execute("UPDATE idempotency SET response = ? WHERE identity_id = ?",
+                          (json.dumps({"deleted": True}), identity_id))
                 cur = c.execute("DELETE FROM identities WHERE id = ?", (identity_id,))
                 if cur.rowcount == 0:
                     raise NotFound(f"identity {identity_id!r} not found")

@@ -316,7 +316,7 @@ class Identity(_message.Message):
     def __init__(self, id: _Optional[str] = ..., display_name: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., template_count: _Optional[int] = ..., reenrolment_needed: _Optional[bool] = ...) -> None: ...
 
 class EnrollRequest(_message.Message):
-    __slots__ = ("identity_id", "display_name", "metadata", "images", "face_index", "idempotency_key")
+    __slots__ = ("identity_id", "display_name", "metadata", "images", "face_index", "idempotency_key", "replace_metadata")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -330,13 +330,15 @@ class EnrollRequest(_message.Message):
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_METADATA_FIELD_NUMBER: _ClassVar[int]
     identity_id: str
     display_name: str
     metadata: _containers.ScalarMap[str, str]
     images: _containers.RepeatedCompositeFieldContainer[Image]
     face_index: int
     idempotency_key: str
-    def __init__(self, identity_id: _Optional[str] = ..., display_name: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., face_index: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    replace_metadata: bool
+    def __init__(self, identity_id: _Optional[str] = ..., display_name: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., face_index: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., replace_metadata: _Optional[bool] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
     __slots__ = ("identity", "templates_added", "replayed")
@@ -383,16 +385,20 @@ class DeleteIdentityResponse(_message.Message):
     def __init__(self, templates_deleted: _Optional[int] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("probe", "image", "identity_id", "operating_point")
+    __slots__ = ("probe", "image", "identity_id", "operating_point", "probe_face_index", "reference_face_index")
     PROBE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_ID_FIELD_NUMBER: _ClassVar[int]
     OPERATING_POINT_FIELD_NUMBER: _ClassVar[int]
+    PROBE_FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
     probe: Image
     image: Image
     identity_id: str
     operating_point: str
-    def __init__(self, probe: _Optional[_Union[Image, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., identity_id: _Optional[str] = ..., operating_point: _Optional[str] = ...) -> None: ...
+    probe_face_index: int
+    reference_face_index: int
+    def __init__(self, probe: _Optional[_Union[Image, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., identity_id: _Optional[str] = ..., operating_point: _Optional[str] = ..., probe_face_index: _Optional[int] = ..., reference_face_index: _Optional[int] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
     __slots__ = ("match", "distance", "threshold", "operating_point", "far_target", "embedder", "request_id")
@@ -413,14 +419,16 @@ class VerifyResponse(_message.Message):
     def __init__(self, match: _Optional[bool] = ..., distance: _Optional[float] = ..., threshold: _Optional[float] = ..., operating_point: _Optional[str] = ..., far_target: _Optional[float] = ..., embedder: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class IdentifyRequest(_message.Message):
-    __slots__ = ("probe", "top_k", "operating_point")
+    __slots__ = ("probe", "top_k", "operating_point", "probe_face_index")
     PROBE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     OPERATING_POINT_FIELD_NUMBER: _ClassVar[int]
+    PROBE_FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
     probe: Image
     top_k: int
     operating_point: str
-    def __init__(self, probe: _Optional[_Union[Image, _Mapping]] = ..., top_k: _Optional[int] = ..., operating_point: _Optional[str] = ...) -> None: ...
+    probe_face_index: int
+    def __init__(self, probe: _Optional[_Union[Image, _Mapping]] = ..., top_k: _Optional[int] = ..., operating_point: _Optional[str] = ..., probe_face_index: _Optional[int] = ...) -> None: ...
 
 class IdentifyResponse(_message.Message):
     __slots__ = ("match", "embedder", "request_id")
