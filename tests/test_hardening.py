@@ -154,3 +154,52 @@ def test_an_idempotency_key_replayed_after_a_deletion_creates_nothing(client, fa
         client.enroll("Blair", [photo], face_index=0, idempotency_key="signup-123")
     assert info.value.code() == grpc.StatusCode.NOT_FOUND and "deleted" in info.value.details()
     assert sum(1 for _ in client.list_identities()) == count  # no second identity
+
+
+def test_idle_streams_end_and_one_connection_cannot_lock_out_the_others(start_server, faces):
+    import threading
+    import time
+
+    from mobidem.client import to_image
+
+    server = start_server(max_streams_per_client=2, max_streams=3, stream_idle_timeout_s=3)
+    image = to_image(person_photos(faces, "barack_obama")[0])
+    release = threading.Event()
+
+    def requests(frames: int):
+        yield pb.StreamRequest(options=pb.StreamOptions())
+        for seq in range(1, frames + 1):
+            yield pb.StreamRequest(frame=pb.Frame(sequence=seq, image=image))
+        release.wait(30)  # then idle: nothing more is sent
+
+    def code_of_next(call):
+        try:
+            next(call)
+        except grpc.RpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    from mobidem.v1 import mobidem_pb2_grpc as pb_grpc
+
+    # three connections (gRPC shares one between channels to the same target unless told not to)
+    a, b, c = (grpc.insecure_channel(server.target, options=[("grpc.use_local_subchannel_pool", 1)])
+               for _ in range(3))
+    try:
+        started = time.monotonic()
+        idle = [pb_grpc.FaceAnalysisStub(a).Stream(requests(1), timeout=30) for _ in range(2)]
+        assert [code_of_next(call) for call in idle] == [grpc.StatusCode.OK] * 2  # open, one frame answered
+        third = pb_grpc.FaceAnalysisStub(a).Stream(requests(1), timeout=30)
+        assert code_of_next(third) == grpc.StatusCode.RESOURCE_EXHAUSTED  # this connection's two
+        other = pb_grpc.FaceAnalysisStub(b).Stream(requests(1), timeout=30)
+        assert code_of_next(other) == grpc.StatusCode.OK  # another connection is not locked out
+        full = pb_grpc.FaceAnalysisStub(c).Stream(requests(1), timeout=30)
+        assert code_of_next(full) == grpc.StatusCode.RESOURCE_EXHAUSTED  # three in all
+        assert time.monotonic() - started < 3, "too slow to check before the idle timeout"
+        for call in (*idle, other):  # idle for 3 s: closed by the server
+            assert code_of_next(call) == grpc.StatusCode.DEADLINE_EXCEEDED
+        later = pb_grpc.FaceAnalysisStub(c).Stream(requests(1), timeout=30)
+        assert code_of_next(later) == grpc.StatusCode.OK  # the places are free again
+    finally:
+        release.set()
+        for ch in (a, b, c):
+            ch.close()

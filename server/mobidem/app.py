@@ -111,7 +111,8 @@ class MobidemServer:
         self.server = grpc.aio.server(interceptors=interceptors, options=options)
         mobidem_pb2_grpc.add_FaceAnalysisServicer_to_server(
             FaceAnalysisServicer(self.pipeline, limits, s.default_in_flight, s.max_in_flight, self.stats,
-                                 self.metrics, s.max_streams_per_client, s.default_in_flight_latest), self.server)
+                                 self.metrics, s.max_streams_per_client, s.default_in_flight_latest,
+                                 max_streams=s.max_streams, idle_timeout_s=s.stream_idle_timeout_s), self.server)
         mobidem_pb2_grpc.add_GalleryServicer_to_server(GalleryServicer(self.identities, limits), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [mobidem_pb2.DESCRIPTOR.services_by_name[n.split(".")[-1]].full_name for n in SERVICES]

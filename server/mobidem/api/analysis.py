@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -11,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from mobidem.api import convert
 from mobidem.api.errors import status_for
-from mobidem.errors import InvalidArgument, ResourceExhausted
+from mobidem.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from mobidem.imaging import ImageLimits
 from mobidem.logs import frame_sequence, stream_id
 from mobidem.metrics import Metrics
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
     def __init__(self, pipeline: Pipeline, limits: ImageLimits, default_in_flight: int = 8,
                  max_in_flight: int = 32, stats: StreamStats | None = None, metrics: Metrics | None = None,
-                 max_streams_per_client: int = 16, default_in_flight_latest: int = 4):
+                 max_streams_per_client: int = 16, default_in_flight_latest: int = 4, *,
+                 max_streams: int = 256, idle_timeout_s: float = 0.0):
         self.pipeline = pipeline
         self.limits = limits
         self.default_in_flight = default_in_flight  # DROP_POLICY_NONE
@@ -35,6 +37,8 @@ class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
         self.stats = stats or StreamStats()
         self.metrics = metrics or Metrics()
         self.max_streams_per_client = max_streams_per_client
+        self.max_streams = max_streams  # all clients together
+        self.idle_timeout_s = idle_timeout_s  # a stream that sends nothing for this long is closed; 0: never
         self.streams_by_client: dict[str, int] = {}
         self.metrics.active_streams.set_function(lambda: self.stats.active_streams)
         self.metrics.in_flight.set_function(lambda: self.stats.in_flight)
@@ -47,6 +51,9 @@ class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
 
     async def Stream(self, request_iterator, context):
         client = client_name(context)
+        if sum(self.streams_by_client.values()) >= self.max_streams:
+            raise ResourceExhausted(f"the server has {self.max_streams} open streams, the most it takes "
+                                    "(max_streams); retry later")
         if self.streams_by_client.get(client, 0) >= self.max_streams_per_client:
             raise ResourceExhausted(f"client {client} already has {self.max_streams_per_client} open streams, "
                                     "the most allowed; close one first")
@@ -59,6 +66,23 @@ class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
             if not self.streams_by_client[client]:
                 del self.streams_by_client[client]
 
+    async def _idle_bounded(self, request_iterator):
+        """The client's messages; a gap longer than ``idle_timeout_s`` ends the stream (DEADLINE_EXCEEDED),
+        so that idle streams do not hold their client's places for ever."""
+        messages = aiter(request_iterator)
+        while True:
+            try:
+                if self.idle_timeout_s > 0:
+                    message = await asyncio.wait_for(anext(messages), self.idle_timeout_s)
+                else:
+                    message = await anext(messages)
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded(f"no message on this stream for {self.idle_timeout_s:g} s "
+                                       "(stream_idle_timeout_s): closed; open a new stream to go on") from None
+            yield message
+
     def in_flight(self, requested: int, policy: DropPolicy) -> int:
         """Frames a stream may hold: what the client asked for, else this server's default for its policy."""
         if requested:
@@ -66,6 +90,7 @@ class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
         return self.default_in_flight_latest if policy == DropPolicy.LATEST_FRAME_WINS else self.default_in_flight
 
     async def _stream(self, request_iterator, context):
+        request_iterator = self._idle_bounded(request_iterator)
         first = await anext(aiter(request_iterator), None)
         if first is None:
             return
@@ -130,11 +155,12 @@ class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
 
 
 def client_name(context) -> str:
-    """Who is calling: the authenticated key's name, else the peer's host (without the port)."""
+    """Who is calling: the authenticated key's name, else the peer's connection (host and port): without
+    keys, the clients behind one address (a NAT, a proxy) are not one client, so one connection's idle
+    streams cannot lock the others out; ``max_streams`` bounds them all together."""
     from mobidem.logs import caller
 
     name = caller.get()
     if name:
         return name
-    peer = context.peer() or "unknown"
-    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
+    return context.peer() or "unknown"
