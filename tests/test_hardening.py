@@ -203,3 +203,70 @@ def test_idle_streams_end_and_one_connection_cannot_lock_out_the_others(start_se
         release.set()
         for ch in (a, b, c):
             ch.close()
+
+
+def test_a_wedged_managed_triton_is_noticed_and_restarted(model_repository, tmp_path, faces):
+    """A Triton that still runs but answers nothing (SIGSTOP: every request hangs, as after the
+    short-deadline burst an outside probe saw) turns health NOT_SERVING through the probe inference,
+    and the managed one is restarted; the gateway then serves again."""
+    import os
+    import signal
+    import time
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from mobidem import config
+
+    env = {"MOBIDEM_DATA_DIR": str(tmp_path), "MOBIDEM_LISTEN": "127.0.0.1:0", "MOBIDEM_METRICS_LISTEN": "",
+           "MOBIDEM_TRITON_PROBE_INTERVAL_S": "1", "MOBIDEM_TRITON_PROBE_TIMEOUT_S": "2",
+           "MOBIDEM_TRITON_PROBE_FAILURES": "2"}
+    server = RunningServer(config.load(None, environ=env))
+    try:
+        photo = person_photos(faces, "barack_obama")[0]
+        with server.client(timeout=60) as c:
+            assert len(c.analyze(photo).faces) == 1
+        with grpc.insecure_channel(server.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status():
+                return health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+
+            wedged = server.server.managed.process.pid
+            os.kill(wedged, signal.SIGSTOP)
+            deadline = time.monotonic() + 30
+            while status() == health_pb2.HealthCheckResponse.SERVING:
+                assert time.monotonic() < deadline, "a wedged Triton still reads as SERVING"
+                time.sleep(0.2)
+            deadline = time.monotonic() + 120
+            while status() != health_pb2.HealthCheckResponse.SERVING:
+                assert time.monotonic() < deadline, "the wedged Triton was not restarted"
+                time.sleep(0.5)
+        assert server.server.managed.process.pid != wedged
+        with server.client(timeout=60) as c:
+            assert len(c.analyze(photo).faces) == 1
+    finally:
+        server.stop()
+
+
+def test_a_burst_of_short_deadlines_leaves_inference_working(server, faces):
+    """200 Analyze calls with 5 ms deadlines (what wedged Triton once, after other load; this runs late
+    in the suite, on the shared server and Triton), then normal calls answer in normal time."""
+    import time
+
+    from mobidem.client import to_image
+
+    request = pb.AnalyzeRequest(image=to_image(person_photos(faces, "barack_obama")[0]))
+    with server.client() as c:
+        for _ in range(3):
+            futures = [c.analysis.Analyze.future(request, timeout=0.005) for _ in range(200)]
+            codes = set()
+            for f in futures:
+                try:
+                    f.result()
+                    codes.add(grpc.StatusCode.OK)
+                except grpc.RpcError as exc:
+                    codes.add(exc.code())
+            assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}, codes
+            started = time.monotonic()
+            assert len(c.analysis.Analyze(request, timeout=20).faces) == 1
+            assert time.monotonic() - started < 10

@@ -71,7 +71,7 @@ def test_grpc_errors_and_decisions_are_counted(faces, server):
         with pytest.raises(grpc.RpcError):
             client.analysis.Analyze(pb.AnalyzeRequest(image=pb.Image(encoded=b"")))
         client.verify(obama[0], obama[1])
-        client.verify(obama[0], person_photos(faces, "tony_blair")[0])
+        client.verify(obama[0], person_photos(faces, "tony_blair")[0], reference_face_index=0)  # a 2nd, cut-off face
     after = scrape(server.server.metrics_port)
     d = lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)  # noqa: E731
     assert d("mobidem_grpc_requests_total", method="Analyze", code="INVALID_ARGUMENT") == 1

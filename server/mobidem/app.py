@@ -6,9 +6,12 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 import grpc
+import numpy as np
+from tritonclient.utils import triton_to_np_dtype
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -162,8 +165,13 @@ class MobidemServer:
             await self.health.set(service, status)
 
     async def _watch_triton(self, interval: float = 1.0) -> None:
-        """Health follows Triton's readiness; a managed Triton that died is restarted with backoff."""
+        """Health follows Triton: its readiness, and whether a tiny inference actually completes (a
+        wedged Triton can say ready while every request hangs). A managed Triton that died, or that
+        fails ``triton_probe_failures`` probes in a row, is restarted with backoff."""
         backoff = 1.0
+        failures = 0
+        probe_every = self.settings.triton_probe_interval_s  # 0: readiness only
+        next_probe = 0.0
         while True:
             await asyncio.sleep(interval)
             try:
@@ -174,15 +182,41 @@ class MobidemServer:
                     try:
                         await asyncio.to_thread(self.managed.start, self.settings.triton_start_timeout_s)
                         backoff = 1.0
+                        failures = 0
                     except Exception as exc:  # noqa: BLE001 - keep trying, with backoff
                         log.error("restarting Triton failed: %s", exc)
                         backoff = min(backoff * 2, 30.0)
                         continue
-                await self._set_ready(await self.triton.ready(self.pipeline.models))
+                ready = await self.triton.ready(self.pipeline.models)
+                if probe_every > 0 and time.monotonic() >= next_probe:
+                    next_probe = time.monotonic() + probe_every
+                    if ready and await self._probe():
+                        failures = 0
+                    else:  # not ready, or ready but not answering: both count
+                        failures += 1
+                        log.warning("Triton is not answering (%d check(s) in a row)", failures)
+                    if failures >= self.settings.triton_probe_failures and self.managed is not None \
+                            and self.managed.running:
+                        log.error("managed Triton is wedged (%d failed checks): killing it to restart it", failures)
+                        await asyncio.to_thread(self.managed.kill)
+                        failures = 0
+                await self._set_ready(ready and failures == 0)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the watcher must not die
                 log.exception("Triton watch failed")
+
+    async def _probe(self) -> bool:
+        """One inference of the detector's first model on a blank input, within triton_probe_timeout_s."""
+        spec = self.pipeline.plugins.detector.models[0]
+        inputs = {t.name: np.zeros((1, *t.shape), triton_to_np_dtype(t.dtype)) for t in spec.inputs}
+        try:
+            await self.triton.infer(spec.name, inputs, [spec.outputs[0].name],
+                                    timeout_s=self.settings.triton_probe_timeout_s)
+            return True
+        except Exception as exc:  # noqa: BLE001 - any failure counts
+            log.info("Triton probe failed: %s", exc)
+            return False
 
     async def _purge_idempotency(self) -> None:
         """Forget idempotency keys older than ``idempotency_retention_s``: at start, then hourly (or every

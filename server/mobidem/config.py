@@ -62,6 +62,10 @@ class Settings:
     triton_grpc_port: int = setting(0, "managed Triton's gRPC port on 127.0.0.1 (0: any free port)")
     triton_http_port: int = setting(0, "managed Triton's HTTP port on 127.0.0.1 (0: any free port)")
     triton_metrics_port: int = setting(0, "managed Triton's own Prometheus metrics port (0: any free port)")
+    triton_probe_interval_s: float = setting(5.0, "how often a tiny inference checks that Triton answers; 0: never")
+    triton_probe_timeout_s: float = setting(10.0, "a probe inference that takes longer than this has failed")
+    triton_probe_failures: int = setting(3, "failed probes in a row after which Triton counts as wedged "
+                                            "(not ready; a managed one is restarted)")
     triton_shared_memory: str = setting("auto", "tensors via system shared memory: on | off | auto (on for the "
                                                 "managed Triton or a loopback URL)")
     log_level: str = setting("INFO", "DEBUG | INFO | WARNING | ERROR")

@@ -270,8 +270,10 @@ class TritonClient:
 
     async def _call(self, model, tensors, requested, timeout):
         try:
+            # the deadline goes to Triton too (``timeout``, microseconds): it may drop the request unrun
             return await self.client.infer(model, tensors, model_version=self._versions.get(model, ""),
-                                           outputs=requested, headers=self.headers, client_timeout=timeout)
+                                           outputs=requested, headers=self.headers, client_timeout=timeout,
+                                           timeout=max(1, int(timeout * 1e6)))
         except InferenceServerException as exc:
             error = _translate(model, exc, self._versions.get(model, ""))
             self._count_error(model, error)
