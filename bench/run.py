@@ -564,6 +564,10 @@ def render(res: dict) -> str:
     L += ["## 5. Gallery search (bench/bench_gallery.py)", "",
           "Synthetic 128-D templates, identify = `Gallery.search(k=5)`; enrol = one template per transaction "
           "(fsync-bound).", "", *res["gallery"], ""]
+    L += ["## 6. Phone photos and 4K frames", "",
+          "Analyze latency and gateway peak memory from 640x360 to 48 MP and 4K streams, with the detector's size cap",
+          "against tiles over the full image, side by side: `docs/PERFORMANCE_PHONE.md` "
+          "(`.venv/bin/python bench/perf_phone.py`, about 2 minutes; a separate run, not part of `make bench`).", ""]
     return "\n".join(L) + "\n"
 
 

@@ -291,4 +291,4 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             ready.set()
         await stop.wait()
     finally:
-        await server.stop()
+        await server.stop(settings.shutdown_grace_s)  # in-flight calls get this long
