@@ -139,8 +139,16 @@ def test_bad_gallery_requests_change_nothing(faces, start_server):
         first = client.enroll("Obama", [obama], idempotency_key="key-1")
         again = client.enroll("Obama", [obama], idempotency_key="key-1")
         assert again.replayed and again.identity.id == first.identity.id
-        other = _rpc_error(lambda: client.enroll("Someone else", [obama], idempotency_key="key-1"))
-        assert other.code() == grpc.StatusCode.ALREADY_EXISTS
+        other_photo = person_photos(faces, "barack_obama")[1]
+        for changed in (lambda: client.enroll("Someone else", [obama], idempotency_key="key-1"),  # every field counts
+                        lambda: client.enroll("Obama", [obama], metadata={"a": "b"}, idempotency_key="key-1"),
+                        lambda: client.enroll("Obama", [other_photo], idempotency_key="key-1"),
+                        lambda: client.enroll("Obama", [obama, obama], idempotency_key="key-1"),
+                        lambda: client.enroll("Obama", [obama], face_index=0, idempotency_key="key-1"),
+                        lambda: client.enroll("Obama", [obama], identity_id="other-id", idempotency_key="key-1"),
+                        lambda: client.enroll("Obama", [obama], replace_metadata=True, idempotency_key="key-1")):
+            other = _rpc_error(changed)
+            assert other.code() == grpc.StatusCode.ALREADY_EXISTS, other.details()
         assert [i.id for i in client.list_identities()] == [first.identity.id]
         assert client.get_identity(first.identity.id).template_count == 1
 

@@ -168,10 +168,31 @@ def test_a_client_that_never_reads_results_holds_back_the_reader(policy):
         await results.aclose()
         return first, session
 
-    first, session = run(scenario())
+    # in a daemon thread, so that a reader that never stops (the bug this guards against) fails the test
+    import threading
+
+    done = {}
+    worker = threading.Thread(target=lambda: done.update(value=run(scenario())), daemon=True)
+    worker.start()
+    worker.join(20)
+    assert "value" in done, "the stream kept reading frames that nobody will ever get results for"
+    first, session = done["value"]
     assert first.status in ("ok", "dropped")
     bound = session.max_queued + session.max_in_flight + 2
     assert len(pulled) <= bound, f"read {len(pulled)} frames for a client that reads nothing (bound {bound})"
     assert all(p is None for p in dropped_payloads)
     if policy == DropPolicy.LATEST_FRAME_WINS:
         assert dropped_payloads, "latest-frame-wins should have dropped frames here"
+
+
+def test_latest_frame_wins_drops_the_oldest_waiting_frame_not_the_newest():
+    """A burst of 10 frames into a stream that holds 4: each new frame pushes out the oldest one still
+    waiting, so frames 1-6 are dropped (each superseded by the frame 4 later) and 7-10 are analysed."""
+    async def process(frame):
+        await asyncio.sleep(0.02)
+        return frame.sequence
+
+    out = run(collect(StreamSession(process, 4, DropPolicy.LATEST_FRAME_WINS), frames_of(10)))
+    assert [o.status for o in out] == ["dropped"] * 6 + ["ok"] * 4
+    assert [o.drop_reason for o in out[:6]] == [f"overload: superseded by frame {s + 4} (latest-frame-wins)"
+                                                for s in range(1, 7)]
