@@ -51,6 +51,33 @@ def test_identify_rank1_matches_the_accuracy_report(faces, enrolled):
     assert rate >= reported - 1e-9
 
 
+CALIBRATION = json.loads((REPO / "server" / "mobidem" / "data" / "calibration.json").read_text())["operating_points"]
+
+
+def test_identify_and_streams_decide_at_the_calibrated_threshold_of_the_requested_point(faces, enrolled):
+    """Known means distance <= the calibrated threshold of the operating point asked for (default
+    far_1e-3), in Identify and in streams; probes whose distance lies between the two points' thresholds
+    show that the requested point is the one used."""
+    server, ids = enrolled
+    t3, t2 = CALIBRATION["far_1e-3"]["threshold"], CALIBRATION["far_1e-2"]["threshold"]
+    probes = [p for person in ids for p in person_photos(faces, person)[1:]]
+    between = 0
+    with server.client() as client:
+        for photo in probes:
+            for point, threshold in (("", t3), ("far_1e-2", t2)):
+                m = client.identify(photo, top_k=1, operating_point=point, probe_face_index=0).match
+                assert m.operating_point == (point or "far_1e-3")
+                assert abs(m.threshold - threshold) < 1e-6, (m.threshold, threshold)
+                assert m.known == (m.candidates[0].distance <= threshold), (photo.name, point, m)
+            between += t3 < m.candidates[0].distance <= t2
+        for result in client.stream(probes, tasks=[pb.TASK_IDENTIFY]):
+            for face in result.faces:
+                assert abs(face.identity.threshold - t3) < 1e-6 and face.identity.operating_point == "far_1e-3"
+                if face.identity.candidates:
+                    assert face.identity.known == (face.identity.candidates[0].distance <= t3)
+    assert between >= 1, "no probe lies between the two operating points' thresholds: the test would not tell them apart"
+
+
 def test_verify_pairs_at_the_calibrated_operating_point(faces, enrolled):
     """Same-person pairs accepted, different-person pairs rejected at far_1e-3, within the
     error rates the accuracy report measured on all pairs (with a small-sample allowance)."""

@@ -270,3 +270,47 @@ def test_a_burst_of_short_deadlines_leaves_inference_working(server, faces):
             started = time.monotonic()
             assert len(c.analysis.Analyze(request, timeout=20).faces) == 1
             assert time.monotonic() - started < 10
+
+
+def test_a_client_that_never_reads_its_results_cannot_grow_the_gateway(triton, tmp_path, faces):
+    """A latest-frame-wins client that sends 1080p frames as fast as it can and never reads a result
+    (an outside probe saw 516 -> 2241 MiB in 45 s): the gateway's memory stays bounded, and the
+    stream's memory is released after the cancel."""
+    import time
+
+    from mobidem.client import to_image, video_frames
+    from mobidem.v1 import mobidem_pb2_grpc as pb_grpc
+    from test_phone_inputs import _memory_kb, _serve
+
+    proc, target = _serve(triton, tmp_path)
+    try:
+        frames = [to_image(f).encoded for f in video_frames(str(faces / "videos" / "facenet_pytorch_video.mp4"), 8)]
+        sent = [0]
+
+        def requests():
+            yield pb.StreamRequest(options=pb.StreamOptions(drop_policy=pb.DROP_POLICY_LATEST_FRAME_WINS))
+            for seq in range(1, 100_000):
+                sent[0] = seq
+                yield pb.StreamRequest(frame=pb.Frame(sequence=seq, image=pb.Image(encoded=frames[seq % 8])))
+
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.FaceAnalysisStub(channel)
+            list(stub.Stream(iter([pb.StreamRequest(options=pb.StreamOptions()),  # warm: one normal frame
+                                   pb.StreamRequest(frame=pb.Frame(sequence=1, image=pb.Image(encoded=frames[0])))]),
+                             timeout=60))
+            before = _memory_kb(proc.pid, "VmRSS")
+            call = stub.Stream(requests(), timeout=120)  # results never read
+            peak = before
+            for _ in range(20):
+                time.sleep(0.5)
+                peak = max(peak, _memory_kb(proc.pid, "VmRSS"))
+            call.cancel()
+            time.sleep(3)
+            after = _memory_kb(proc.pid, "VmRSS")
+        grown = (peak - before) / 1024
+        print(f"\nsent {sent[0]} frames; gateway RSS {before / 1024:.0f} -> peak {peak / 1024:.0f} -> {after / 1024:.0f} MiB")
+        assert grown < 150, f"the gateway grew by {grown:.0f} MiB for a client that reads nothing"
+        assert (after - before) / 1024 < 100, "the stream's memory was not released after the cancel"
+    finally:
+        proc.terminate()
+        proc.wait(30)

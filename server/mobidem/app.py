@@ -80,8 +80,8 @@ class MobidemServer:
         self.triton = TritonClient(url, metrics=self.metrics, shared_memory=use_shm,
                                    headers=self.managed.auth_headers if self.managed is not None else None)
         log.info("Triton tensors via %s", "system shared memory" if use_shm else "gRPC")
-        self.pipeline = Pipeline(self.triton, plugins, PipelineConfig(threads=s.image_threads, detect_max_side=s.detect_max_side),
-                                 metrics=self.metrics)
+        config = PipelineConfig(threads=s.image_threads, detect_max_side=s.detect_max_side)
+        self.pipeline = Pipeline(self.triton, plugins, config, metrics=self.metrics)
         if not await self.triton.ready(self.pipeline.models):
             raise Unavailable(f"Triton at {url} is not ready with models {self.pipeline.models}")
         served = {m: await self.triton.metadata(m) for m in self.pipeline.models}
