@@ -7,6 +7,8 @@ import threading
 from pathlib import Path
 
 import cv2
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -243,3 +245,27 @@ def test_stub_works_without_the_client_library(server, faces):
         stub = pb_grpc.FaceAnalysisStub(channel)
         result = stub.Analyze(pb.AnalyzeRequest(image=pb.Image(encoded=jpeg(faces)), tasks=[pb.TASK_DETECT]))
         assert result.faces and not result.faces[0].HasField("expression")
+
+
+@pytest.mark.parametrize("policy", [pb.DROP_POLICY_NONE, pb.DROP_POLICY_LATEST_FRAME_WINS])
+def test_the_server_holds_at_most_max_in_flight_frames_of_a_stream(client, server, faces, policy):
+    import threading
+
+    stats = server.server.stats
+    frames = [jpeg(faces)] * 30
+    peak, done = [0], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], stats.in_flight)
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        results = list(client.stream(frames, max_in_flight=2, drop_policy=policy))
+    finally:
+        done.set()
+        watcher.join()
+    assert len(results) == 30
+    assert 1 <= peak[0] <= 2, f"{peak[0]} frames in flight with max_in_flight 2"
