@@ -15,20 +15,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import io
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import cv2
-import numpy as np
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 FACES = ROOT.parent / "shared" / "data" / "faces"
@@ -38,51 +33,18 @@ SIZES = [("640x360", 640, 360), ("1080p", 1920, 1080), ("5 MP", 2592, 1944), ("1
          ("24 MP", 6000, 4000), ("48 MP", 8064, 6048)]
 
 
-def phone_size(rgb, width, height):
-    h, w = rgb.shape[:2]
-    target = width / height
-    if w / h < target:
-        pad = int(round(h * target)) - w
-        rgb = cv2.copyMakeBorder(rgb, 0, 0, pad // 2, pad - pad // 2, cv2.BORDER_CONSTANT, value=(128, 128, 128))
-    else:
-        pad = int(round(w / target)) - h
-        rgb = cv2.copyMakeBorder(rgb, pad // 2, pad - pad // 2, 0, 0, cv2.BORDER_CONSTANT, value=(128, 128, 128))
-    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_CUBIC)
+# the inputs and the gateway process exactly as the tests make them (tests/conftest.py, test_phone_inputs.py)
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import memory_kb, spawn_server  # noqa: E402
+from test_phone_inputs import encode, phone_size  # noqa: E402
 
 
 def jpeg(rgb) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(rgb).save(out, "JPEG", quality=90)
-    return out.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve(triton_url: str, data: Path, **settings) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = dict(os.environ, MOBIDEM_DATA_DIR=str(data), MOBIDEM_TRITON_URL=triton_url,
-               MOBIDEM_LISTEN=f"127.0.0.1:{port}", MOBIDEM_METRICS_LISTEN="",
-               **{f"MOBIDEM_{k.upper()}": str(v) for k, v in settings.items()})
-    log = data.with_suffix(".log")
-    proc = subprocess.Popen([sys.executable, "-m", "mobidem.cli", "serve"], env=env, stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while "serving on" not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(log.read_text()[-2000:])
-        time.sleep(0.2)
-    return proc, f"127.0.0.1:{port}"
+    return encode(rgb, "JPEG")
 
 
 def vm(pid: int, field: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return memory_kb(pid, field) / 1024
 
 
 def main() -> int:
@@ -109,7 +71,8 @@ def main() -> int:
         gateways = {}
         try:
             for name, cap in (("capped", 2160), ("all tiles", 8192)):
-                gateways[name] = serve(triton.grpc_url, tmp / name.replace(" ", "_"), detect_max_side=cap)
+                data = tmp / name.replace(" ", "_")
+                gateways[name] = spawn_server(triton.grpc_url, data, data.with_suffix(".log"), detect_max_side=cap)
             clients = {name: MobidemClient(target, timeout=120) for name, (_, target) in gateways.items()}
             for c in clients.values():  # warm up both: threads, connections, Triton instances
                 c.analyze(jpeg(photo))

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +88,59 @@ class RunningServer:
         self.call(self.server.stop(grace=2))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+def spawn_server(triton_url: str, data: Path, log: Path, **settings) -> tuple[subprocess.Popen, str]:
+    """`mobidem serve` as its own process (for kills, signals and its memory as the OS sees it) on
+    ``triton_url``; returns when it serves. ``settings``: extra MOBIDEM_* settings by name."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, MOBIDEM_DATA_DIR=str(data), MOBIDEM_TRITON_URL=triton_url,
+               MOBIDEM_LISTEN=f"127.0.0.1:{port}", MOBIDEM_METRICS_LISTEN="")
+    env.update({f"MOBIDEM_{k.upper()}": str(v) for k, v in settings.items()})
+    proc = subprocess.Popen([sys.executable, "-m", "mobidem.cli", "serve"], env=env,
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {log.read_text()[-2000:]}")
+        if "serving on" in log.read_text(errors="replace"):
+            return proc, f"127.0.0.1:{port}"
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"server did not start: {log.read_text()[-2000:]}")
+
+
+def memory_kb(pid: int, field: str) -> int:
+    """A process's VmRSS or VmHWM (peak) from /proc, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def start_failure(triton, tmp_path, **overrides) -> BaseException | None:
+    """What a MobidemServer on ``triton`` raises while starting with these settings (None: it started)."""
+    from mobidem import config
+    from mobidem.app import MobidemServer
+
+    env = {"MOBIDEM_DATA_DIR": str(tmp_path), "MOBIDEM_LISTEN": "127.0.0.1:0", "MOBIDEM_TRITON_URL": triton.grpc_url,
+           "MOBIDEM_METRICS_LISTEN": ""}
+    env.update({f"MOBIDEM_{k.upper()}": str(v) for k, v in overrides.items()})
+    server = MobidemServer(config.load(None, environ=env))
+
+    async def start():
+        try:
+            await asyncio.wait_for(server.start(), 60)
+        finally:
+            await server.stop(grace=0)
+
+    try:
+        asyncio.run(start())
+    except Exception as exc:  # noqa: BLE001 - the caller judges it
+        return exc
+    return None
 
 
 @pytest.fixture(scope="session")

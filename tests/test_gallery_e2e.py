@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import grpc
 import pytest
 
-from conftest import REPO, person_photos
+from conftest import REPO, person_photos, spawn_server
 from mobidem.client import MobidemClient
 from mobidem.v1 import mobidem_pb2 as pb
 
@@ -188,7 +184,8 @@ def test_enrolments_survive_sigkill(faces, triton, tmp_path):
     acknowledged: list[str] = []
     rng = random.Random(7)
     for round_ in range(4):
-        proc, target = _spawn_server(data, triton.grpc_url, tmp_path / f"serve-{round_}.log")
+        proc, target = spawn_server(triton.grpc_url, data, tmp_path / f"serve-{round_}.log",
+                                    metrics_listen="127.0.0.1:0")
         try:
             with MobidemClient(target, timeout=30) as client:
                 present = {i.id for i in client.list_identities(page_size=1000)}
@@ -212,22 +209,3 @@ def test_enrolments_survive_sigkill(faces, triton, tmp_path):
     assert count >= len(acknowledged) and len(acknowledged) >= 4
 
 
-def _spawn_server(data: Path, triton_url: str, log: Path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, MOBIDEM_DATA_DIR=str(data), MOBIDEM_TRITON_URL=triton_url,
-               MOBIDEM_LISTEN=f"127.0.0.1:{port}", MOBIDEM_METRICS_LISTEN="127.0.0.1:0")
-    proc = subprocess.Popen([sys.executable, "-m", "mobidem.cli", "serve"], env=env,
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {log.read_text()[-2000:]}")
-        if "serving on" in log.read_text(errors="replace"):
-            return proc, f"127.0.0.1:{port}"
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError(f"server did not start: {log.read_text()[-2000:]}")

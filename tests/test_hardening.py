@@ -16,7 +16,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import RunningServer, person_photos
+from conftest import RunningServer, memory_kb, person_photos, spawn_server
 from mobidem.v1 import mobidem_pb2 as pb
 
 
@@ -280,9 +280,7 @@ def test_a_client_that_never_reads_its_results_cannot_grow_the_gateway(triton, t
 
     from mobidem.client import to_image, video_frames
     from mobidem.v1 import mobidem_pb2_grpc as pb_grpc
-    from test_phone_inputs import _memory_kb, _serve
-
-    proc, target = _serve(triton, tmp_path)
+    proc, target = spawn_server(triton.grpc_url, tmp_path / "data", tmp_path / "serve.log")
     try:
         frames = [to_image(f).encoded for f in video_frames(str(faces / "videos" / "facenet_pytorch_video.mp4"), 8)]
         sent = [0]
@@ -298,15 +296,15 @@ def test_a_client_that_never_reads_its_results_cannot_grow_the_gateway(triton, t
             list(stub.Stream(iter([pb.StreamRequest(options=pb.StreamOptions()),  # warm: one normal frame
                                    pb.StreamRequest(frame=pb.Frame(sequence=1, image=pb.Image(encoded=frames[0])))]),
                              timeout=60))
-            before = _memory_kb(proc.pid, "VmRSS")
+            before = memory_kb(proc.pid, "VmRSS")
             call = stub.Stream(requests(), timeout=120)  # results never read
             peak = before
             for _ in range(20):
                 time.sleep(0.5)
-                peak = max(peak, _memory_kb(proc.pid, "VmRSS"))
+                peak = max(peak, memory_kb(proc.pid, "VmRSS"))
             call.cancel()
             time.sleep(3)
-            after = _memory_kb(proc.pid, "VmRSS")
+            after = memory_kb(proc.pid, "VmRSS")
         grown = (peak - before) / 1024
         print(f"\nsent {sent[0]} frames; gateway RSS {before / 1024:.0f} -> peak {peak / 1024:.0f} -> {after / 1024:.0f} MiB")
         assert grown < 150, f"the gateway grew by {grown:.0f} MiB for a client that reads nothing"

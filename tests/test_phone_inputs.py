@@ -11,12 +11,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import struct
-import subprocess
 import sys
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,7 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, need, person_photos
+from conftest import REPO, memory_kb, person_photos, spawn_server, start_failure
+from test_imaging_unit import BOMBS
 from mobidem.client import MobidemClient, video_frames
 from mobidem.v1 import mobidem_pb2 as pb
 
@@ -225,30 +223,10 @@ def test_triton_failures_keep_their_meaning(triton):
 
 # ------------------------------------------------------------------------------------ hostile files
 
-def _png_header(w: int, h: int) -> bytes:
-    header = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return header + struct.pack(">I", zlib.crc32(header[12:]) & 0xFFFFFFFF)
-
-
 def _patched(fmt: str, w: int, h: int) -> bytes:
     """A small real file of ``fmt`` whose header claims w x h."""
-    card = np.zeros((64, 128, 3), np.uint8)
-    if fmt == "PNG":
-        return _png_header(w, h) + b"\0" * 64
-    if fmt == "JPEG":
-        small = encode(card, "JPEG")
-        i = small.index(b"\xff\xc0")
-        return small[:i + 5] + struct.pack(">HH", h, w) + small[i + 9:]
-    if fmt == "WEBP":
-        vp8x = b"VP8X" + struct.pack("<I", 10) + b"\x10\0\0\0" + (w - 1).to_bytes(3, "little") + (h - 1).to_bytes(3, "little")
-        body = b"WEBP" + vp8x + encode(card, "WEBP")[12:]
-        return b"RIFF" + struct.pack("<I", len(body)) + body
-    if fmt == "HEIF":
-        data = bytearray(encode(card, "HEIF"))
-        i = 0
-        while (i := data.find(b"ispe", i + 1)) > 0:
-            data[i + 8:i + 16] = struct.pack(">II", w, h)
-        return bytes(data)
+    if fmt in BOMBS:  # the accepted formats: the same files the imaging unit tests refuse
+        return BOMBS[fmt](w, h)
     if fmt == "TIFF":  # little-endian TIFF, one IFD: width, length, 8-bit RGB, one strip
         entries = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, 8), (262, 3, 1, 2), (273, 4, 1, 200), (277, 3, 1, 3),
                    (278, 4, 1, h), (279, 4, 1, 64)]
@@ -277,42 +255,17 @@ def bombs() -> dict[str, bytes]:
     return corpus
 
 
-def _serve(triton, tmp_path) -> tuple[subprocess.Popen, str]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path / "serve.log"
-    env = dict(os.environ, MOBIDEM_DATA_DIR=str(tmp_path / "data"), MOBIDEM_TRITON_URL=triton.grpc_url,
-               MOBIDEM_LISTEN=f"127.0.0.1:{port}", MOBIDEM_METRICS_LISTEN="")
-    proc = subprocess.Popen([sys.executable, "-m", "mobidem.cli", "serve"], env=env, stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 90
-    while "serving on" not in log.read_text(errors="replace"):
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-        time.sleep(0.2)
-    return proc, f"127.0.0.1:{port}"
-
-
-def _memory_kb(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
 def test_bomb_corpus_is_refused_before_it_costs_anything(triton, tmp_path, faces, bombs):
     """Every file of the corpus is refused quickly with a status that says what to fix (the
     accepted formats by their header size, the others unread), the gateway's peak memory grows by
     under 50 MB over all of them, and eight at once leave a normal Analyze unaffected."""
-    proc, target = _serve(triton, tmp_path)
+    proc, target = spawn_server(triton.grpc_url, tmp_path / "data", tmp_path / "serve.log")
     photo = person_photos(faces, "barack_obama")[0]
     try:
         with MobidemClient(target, timeout=30) as client:
             assert client.analyze(photo).faces  # warm: buffers, threads, connections in place
             assert client.analyze(encode(phone_size(rgb_of(photo), 4032, 3024), "JPEG")).faces
-            peak_before = _memory_kb(proc.pid, "VmHWM")
+            peak_before = memory_kb(proc.pid, "VmHWM")
             slow = []
             for name, data in bombs.items():
                 elapsed = float("inf")
@@ -343,7 +296,7 @@ def test_bomb_corpus_is_refused_before_it_costs_anything(triton, tmp_path, faces
                 normal = pool.submit(client.analyze, photo)
                 assert len(normal.result(60).faces) == 1
                 assert all(f.result(60) != grpc.StatusCode.OK for f in refused)
-            growth_mb = (_memory_kb(proc.pid, "VmHWM") - peak_before) / 1024
+            growth_mb = (memory_kb(proc.pid, "VmHWM") - peak_before) / 1024
             assert growth_mb < 50, f"peak memory grew by {growth_mb:.0f} MB"
     finally:
         proc.terminate()
@@ -400,28 +353,6 @@ def test_a_plugin_exception_fails_that_frame_only(start_server, faulty_plugin, f
 
 # ------------------------------------------------------------------------------------ calibration
 
-def _start_failure(triton, tmp_path, **overrides) -> BaseException | None:
-    from mobidem import config
-    from mobidem.app import MobidemServer
-
-    env = {"MOBIDEM_DATA_DIR": str(tmp_path), "MOBIDEM_LISTEN": "127.0.0.1:0", "MOBIDEM_TRITON_URL": triton.grpc_url,
-           "MOBIDEM_METRICS_LISTEN": ""}
-    env.update({f"MOBIDEM_{k.upper()}": str(v) for k, v in overrides.items()})
-    server = MobidemServer(config.load(None, environ=env))
-
-    async def start():
-        try:
-            await asyncio.wait_for(server.start(), 60)
-        finally:
-            await server.stop(grace=0)
-
-    try:
-        asyncio.run(start())
-    except Exception as exc:  # noqa: BLE001
-        return exc
-    return None
-
-
 def test_a_calibration_for_another_embedder_is_refused(triton, tmp_path):
     from mobidem.errors import FailedPrecondition
 
@@ -435,13 +366,13 @@ def test_a_calibration_for_another_embedder_is_refused(triton, tmp_path):
     for n, cal in enumerate((other_version, other_file)):
         path = tmp_path / f"cal{n}.json"
         path.write_text(json.dumps(cal))
-        error = _start_failure(triton, tmp_path / f"d{n}", calibration=path)
+        error = start_failure(triton, tmp_path / f"d{n}", calibration=path)
         assert isinstance(error, FailedPrecondition), error
         text = str(error)
         assert "face_multitask version 1" in text and "recalibrate" in text
         assert ("face_multitask version 7" in text) if n == 0 else ("abababababab" in text), text
     path = tmp_path / "cal0.json"
-    assert _start_failure(triton, tmp_path / "d2", calibration=path, allow_uncalibrated_embedder="true") is None
+    assert start_failure(triton, tmp_path / "d2", calibration=path, allow_uncalibrated_embedder="true") is None
 
 
 # ------------------------------------------------------------------------------------ idempotency purge

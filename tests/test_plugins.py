@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import IN_CI, REPO, need, person_photos
+from conftest import IN_CI, REPO, need, person_photos, start_failure
 
 cv2 = pytest.importorskip("cv2")
 ort = pytest.importorskip("onnxruntime")
@@ -317,23 +317,11 @@ def test_detector_finds_every_identity_photo_face(faces, detector_servers, detec
 
 # ------------------------------------------------------------------ (e) configuration errors
 def _start_error(triton, tmp_path, **overrides) -> str:
-    from mobidem import config
-    from mobidem.app import MobidemServer
     from mobidem.plugins import PluginError
 
-    env = {"MOBIDEM_DATA_DIR": str(tmp_path), "MOBIDEM_LISTEN": "127.0.0.1:0", "MOBIDEM_TRITON_URL": triton.grpc_url}
-    env.update({f"MOBIDEM_{k.upper()}": str(v) for k, v in overrides.items()})
-    server = MobidemServer(config.load(None, environ=env))
-
-    async def start():
-        try:
-            await asyncio.wait_for(server.start(), 60)
-        finally:
-            await server.stop(grace=0)
-
-    with pytest.raises(PluginError) as info:
-        asyncio.run(start())
-    return str(info.value)
+    error = start_failure(triton, tmp_path, **overrides)
+    assert isinstance(error, PluginError), error
+    return str(error)
 
 
 @pytest.mark.parametrize("overrides,words", [

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 
@@ -18,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import RunningServer, person_photos
+from conftest import RunningServer, person_photos, spawn_server
 from mobidem.client import to_image, video_frames
 from mobidem.v1 import mobidem_pb2 as pb
 
@@ -145,24 +142,12 @@ def test_deadline_is_honoured(server, faces):
 
 
 def test_sigterm_drains_and_closes_cleanly(triton, tmp_path, faces, hamilton_jpegs):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     log = tmp_path / "serve.log"
-    env = dict(os.environ, MOBIDEM_DATA_DIR=str(tmp_path / "data"), MOBIDEM_TRITON_URL=triton.grpc_url,
-               MOBIDEM_LISTEN=f"127.0.0.1:{port}", MOBIDEM_METRICS_LISTEN="", MOBIDEM_SHUTDOWN_GRACE_S="10")
-    proc = subprocess.Popen([sys.executable, "-m", "mobidem.cli", "serve"], env=env, stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT)
+    proc, target = spawn_server(triton.grpc_url, tmp_path / "data", log, shutdown_grace_s=10)
     try:
-        deadline = time.monotonic() + 60
-        while "serving on" not in log.read_text(errors="replace"):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
-            time.sleep(0.2)
         from mobidem.client import MobidemClient
 
-        with MobidemClient(f"127.0.0.1:{port}") as client:
+        with MobidemClient(target) as client:
             client.enroll("Obama", [person_photos(faces, "barack_obama")[0]], face_index=0)
             call = client.stream(iter(hamilton_jpegs[:40]), max_in_flight=8)
             first = next(call)

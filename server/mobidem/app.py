@@ -172,6 +172,10 @@ class MobidemServer:
         failures = 0
         probe_every = self.settings.triton_probe_interval_s  # 0: readiness only
         next_probe = 0.0
+        # the probe: one inference of the detector's first model on a blank input (planned once)
+        spec = self.pipeline.plugins.detector.models[0]
+        probe = (spec.name, {t.name: np.zeros((1, *t.shape), triton_to_np_dtype(t.dtype)) for t in spec.inputs},
+                 [spec.outputs[0].name])
         while True:
             await asyncio.sleep(interval)
             try:
@@ -190,7 +194,7 @@ class MobidemServer:
                 ready = await self.triton.ready(self.pipeline.models)
                 if probe_every > 0 and time.monotonic() >= next_probe:
                     next_probe = time.monotonic() + probe_every
-                    if ready and await self._probe():
+                    if ready and await self._probe(*probe):
                         failures = 0
                     else:  # not ready, or ready but not answering: both count
                         failures += 1
@@ -206,13 +210,10 @@ class MobidemServer:
             except Exception:  # noqa: BLE001 - the watcher must not die
                 log.exception("Triton watch failed")
 
-    async def _probe(self) -> bool:
-        """One inference of the detector's first model on a blank input, within triton_probe_timeout_s."""
-        spec = self.pipeline.plugins.detector.models[0]
-        inputs = {t.name: np.zeros((1, *t.shape), triton_to_np_dtype(t.dtype)) for t in spec.inputs}
+    async def _probe(self, model: str, inputs: dict, outputs: list[str]) -> bool:
+        """Whether one inference completes within triton_probe_timeout_s."""
         try:
-            await self.triton.infer(spec.name, inputs, [spec.outputs[0].name],
-                                    timeout_s=self.settings.triton_probe_timeout_s)
+            await self.triton.infer(model, inputs, outputs, timeout_s=self.settings.triton_probe_timeout_s)
             return True
         except Exception as exc:  # noqa: BLE001 - any failure counts
             log.info("Triton probe failed: %s", exc)

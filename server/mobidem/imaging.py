@@ -7,6 +7,7 @@ Decoding is OpenCV's; nothing loops over pixels in Python.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import dataclass
 from enum import IntEnum
@@ -179,7 +180,7 @@ def _open(data: bytes, fmt: str):
 
 
 def decode_encoded(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarray:
-    """JPEG/PNG/WebP/HEIF bytes -> RGB uint8 [H, W, 3], EXIF orientation applied.
+    """JPEG/PNG/WebP/HEIF bytes -> RGB uint8 [H, W, 3] at full size, EXIF orientation applied.
 
     The dimensions in the header are checked against ``limits`` before decoding, so a small file that
     claims a huge image costs nothing. JPEG and PNG decode with OpenCV (which applies their EXIF
@@ -187,21 +188,7 @@ def decode_encoded(data: bytes, limits: ImageLimits = ImageLimits()) -> np.ndarr
     applied with ``ImageOps.exif_transpose`` (HEIF's own rotation is applied by libheif). Alpha is
     dropped.
     """
-    if not data:
-        raise InvalidImage(f"image is empty (0 bytes): send {ACCEPTED_FORMATS} bytes, or a raw image")
-    if len(data) > limits.max_encoded_bytes:
-        raise ImageTooLarge(f"encoded image is {len(data)} bytes; at most {limits.max_encoded_bytes} are accepted")
-    fmt = sniff(data)
-    if fmt is None:
-        raise InvalidImage(f"image format not accepted ({len(data)} bytes, starting {data[:8].hex()}): "
-                           f"send {ACCEPTED_FORMATS}, or a raw image")
-    if fmt in ("JPEG", "PNG"):
-        return decode_reduced(data, limits).pixels
-    # WebP before Pillow, whose opener allocates the canvas; HEIF from its container (libheif parses it)
-    _check_dims(*(webp_size(data) if fmt == "WEBP" else heif_size(data)), limits)
-    image = _open(data, fmt)
-    _check_dims(*image.size, limits)
-    return _decode_pillow(image, fmt, len(data), limits)
+    return decode_reduced(data, dataclasses.replace(limits, decode_min_side=0)).pixels
 
 
 _REDUCED = {1: cv2.IMREAD_COLOR_RGB, 2: cv2.IMREAD_REDUCED_COLOR_2 | cv2.IMREAD_COLOR_RGB,
@@ -212,9 +199,20 @@ def decode_reduced(data: bytes, limits: ImageLimits = ImageLimits()) -> Decoded:
     """Like :func:`decode_encoded`, but a JPEG larger than twice ``limits.decode_min_side`` is decoded
     at 1/2, 1/4 or 1/8 scale (the largest that keeps its longer side >= decode_min_side): a 12-MP
     photo costs the decoder and every later step what a 3-MP one does. Other formats: full size."""
-    fmt = sniff(data) if data and len(data) <= limits.max_encoded_bytes else None
-    if fmt not in ("JPEG", "PNG"):
-        return Decoded.of(decode_encoded(data, limits))
+    if not data:
+        raise InvalidImage(f"image is empty (0 bytes): send {ACCEPTED_FORMATS} bytes, or a raw image")
+    if len(data) > limits.max_encoded_bytes:
+        raise ImageTooLarge(f"encoded image is {len(data)} bytes; at most {limits.max_encoded_bytes} are accepted")
+    fmt = sniff(data)
+    if fmt is None:
+        raise InvalidImage(f"image format not accepted ({len(data)} bytes, starting {data[:8].hex()}): "
+                           f"send {ACCEPTED_FORMATS}, or a raw image")
+    if fmt in ("WEBP", "HEIF"):
+        # WebP before Pillow, whose opener allocates the canvas; HEIF from its container (libheif parses it)
+        _check_dims(*(webp_size(data) if fmt == "WEBP" else heif_size(data)), limits)
+        image = _open(data, fmt)
+        _check_dims(*image.size, limits)
+        return Decoded.of(_decode_pillow(image, fmt, len(data), limits))
     size = _encoded_size(data)
     if size is None:
         raise InvalidImage(f"{fmt} image could not be decoded ({len(data)} bytes): no image header found; "

@@ -10,9 +10,6 @@ With no key store (no ``api_keys_file``) every call passes and only the peer is 
 
 from __future__ import annotations
 
-import hmac
-
-
 from mobidem import logs
 from mobidem.api.errors import WrappingInterceptor, stream_items
 from mobidem.auth import ANY_ROLE, HEALTH_PREFIX, METHOD_ROLES, REFLECTION_PREFIXES, KeyStore

@@ -162,11 +162,18 @@ def _spans(frames: list[int]) -> str:
     return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in spans) or "none"
 
 
-def _own_source(client, args) -> int:
+def _enrol_astronaut(client) -> np.ndarray:
+    """Enrol scikit-image's astronaut photo (the demo without its real material); returns the photo."""
     from skimage import data
 
-    enrolled = client.enroll("Eileen Collins (astronaut)", [data.astronaut()], face_index=0)
+    astronaut = data.astronaut()
+    enrolled = client.enroll("Eileen Collins (astronaut)", [astronaut], face_index=0)
     print(f"enrolled {enrolled.identity.display_name!r} from scikit-image's astronaut photo as {enrolled.identity.id}")
+    return astronaut
+
+
+def _own_source(client, args) -> int:
+    _enrol_astronaut(client)
     source = int(args.camera) if args.camera is not None else args.video
     print(f"streaming {source}")
     summary = stream_clip(client, str(source), list(video_frames(source, args.frames or None)), None, 25.0)
@@ -177,9 +184,7 @@ def _own_source(client, args) -> int:
 def _synthetic(client, args) -> int:
     from skimage import data
 
-    astronaut = data.astronaut()
-    enrolled = client.enroll("Eileen Collins (astronaut)", [astronaut], face_index=0)
-    print(f"enrolled {enrolled.identity.display_name!r} from scikit-image's astronaut photo as {enrolled.identity.id}")
+    astronaut = _enrol_astronaut(client)
     frames = synthetic_clip(astronaut, data.chelsea(), args.frames or 48)
     print(f"streaming a {len(frames)}-frame clip synthesised from the astronaut photo "
           "(zoom, pan, rotation, brightness), ending on scikit-image's cat photo (no face)")
