@@ -27,7 +27,7 @@ async def collect(session, frames):
 
 
 def test_results_in_order_even_when_work_finishes_out_of_order():
-    async def process(frame):
+    async def process(frame, turn):
         await asyncio.sleep(random.Random(frame.sequence).uniform(0, 0.02))
         return frame.sequence * 10
 
@@ -40,7 +40,7 @@ def test_in_flight_never_exceeds_the_bound_without_drops():
     stats = StreamStats()
     peak = 0
 
-    async def process(frame):
+    async def process(frame, turn):
         nonlocal peak
         peak = max(peak, stats.in_flight)
         await asyncio.sleep(0.005)
@@ -52,7 +52,7 @@ def test_in_flight_never_exceeds_the_bound_without_drops():
 
 
 def test_latest_frame_wins_drops_waiting_frames_with_a_reason_and_keeps_the_newest():
-    async def process(frame):
+    async def process(frame, turn):
         await asyncio.sleep(0.02)
         return frame.sequence
 
@@ -65,7 +65,7 @@ def test_latest_frame_wins_drops_waiting_frames_with_a_reason_and_keeps_the_newe
 
 
 def test_a_failing_frame_fails_alone():
-    async def process(frame):
+    async def process(frame, turn):
         if frame.sequence == 2:
             raise InvalidArgument("bad frame")
         return frame.sequence
@@ -76,7 +76,7 @@ def test_a_failing_frame_fails_alone():
 
 
 def test_sequence_must_increase():
-    async def process(frame):
+    async def process(frame, turn):
         return frame.sequence
 
     async def frames():
@@ -91,7 +91,7 @@ def test_cancelling_the_stream_cancels_all_work_at_once():
     stats = StreamStats()
     started, cancelled = [], []
 
-    async def process(frame):
+    async def process(frame, turn):
         started.append(frame.sequence)
         try:
             await asyncio.sleep(10)
@@ -129,7 +129,7 @@ def test_default_in_flight_follows_the_drop_policy():
 def test_an_ordinary_exception_fails_that_frame_only_as_internal():
     from mobidem.errors import Internal
 
-    async def process(frame):
+    async def process(frame, turn):
         if frame.sequence == 3:
             raise ValueError("a plugin bug")
         return frame.sequence
@@ -155,7 +155,7 @@ def test_a_client_that_never_reads_results_holds_back_the_reader(policy):
             pulled.append(seq)
             yield StreamFrame(seq, b"x" * 1000)
 
-    async def process(frame):
+    async def process(frame, turn):
         return len(frame.payload)
 
     async def scenario():
@@ -188,7 +188,7 @@ def test_a_client_that_never_reads_results_holds_back_the_reader(policy):
 def test_latest_frame_wins_drops_the_oldest_waiting_frame_not_the_newest():
     """A burst of 10 frames into a stream that holds 4: each new frame pushes out the oldest one still
     waiting, so frames 1-6 are dropped (each superseded by the frame 4 later) and 7-10 are analysed."""
-    async def process(frame):
+    async def process(frame, turn):
         await asyncio.sleep(0.02)
         return frame.sequence
 

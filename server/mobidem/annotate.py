@@ -19,6 +19,8 @@ def draw(frame_rgb: np.ndarray, result: pb.FrameResult) -> np.ndarray:
         for point in face.landmarks:
             cv2.circle(out, (int(point.x), int(point.y)), 2, (255, 255, 0), -1)
         label = face.identity.display_name if known else "unknown"
+        if face.track_id:
+            label = f"#{face.track_id} {label}"
         if face.HasField("expression"):
             label += f" | {face.expression.label}"
         cv2.putText(out, label, (p0[0], max(12, p0[1] - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1, cv2.LINE_AA)

@@ -63,7 +63,8 @@ class MobidemServer:
         private_dir(data)
         for service in ("", *SERVICES):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        plugins = PluginSet.from_config(s.detector, s.face_plugin_names)  # fails fast on a bad configuration
+        # fails fast on a bad configuration
+        plugins = PluginSet.from_config(s.detector, s.face_plugin_names, s.track_expression_plugin)
         url = s.triton_url
         if not url:
             self.managed = ManagedTriton([Path(s.model_repository), *plugins.repositories()], data / "triton",
@@ -115,7 +116,8 @@ class MobidemServer:
         mobidem_pb2_grpc.add_FaceAnalysisServicer_to_server(
             FaceAnalysisServicer(self.pipeline, limits, s.default_in_flight, s.max_in_flight, self.stats,
                                  self.metrics, s.max_streams_per_client, s.default_in_flight_latest,
-                                 max_streams=s.max_streams, idle_timeout_s=s.stream_idle_timeout_s), self.server)
+                                 max_streams=s.max_streams, idle_timeout_s=s.stream_idle_timeout_s,
+                                 tracking=s.tracking()), self.server)
         mobidem_pb2_grpc.add_GalleryServicer_to_server(GalleryServicer(self.identities, limits), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [mobidem_pb2.DESCRIPTOR.services_by_name[n.split(".")[-1]].full_name for n in SERVICES]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
@@ -128,7 +127,7 @@ def _analyze(args) -> int:
 
 
 def _stream(args) -> int:
-    from mobidem.client import describe, frame_count, video_frames
+    from mobidem.client import describe, frame_count, video_fps, video_frames
     from mobidem.v1 import mobidem_pb2 as pb
 
     source = int(args.camera) if args.camera is not None else args.video
@@ -140,7 +139,9 @@ def _stream(args) -> int:
     results = []
     with _client(args) as client:
         stream = client.stream(frames if frames is not None else video_frames(source, args.max_frames),
-                               drop_policy=policy, raw=args.raw)
+                               drop_policy=policy, raw=args.raw,
+                               tracking=pb.TRACKING_OFF if args.no_tracking else pb.TRACKING_ON,
+                               fps=video_fps(source) if isinstance(source, str) else None)
         progress = None
         if isinstance(source, str) and not args.no_progress:
             from tqdm import tqdm
@@ -241,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--max-frames", type=int)
     st.add_argument("--latest-frame-wins", action="store_true", help="drop old frames under overload")
     st.add_argument("--raw", action="store_true", help="send raw RGB pixels instead of JPEG")
+    st.add_argument("--no-tracking", action="store_true",
+                    help="analyse every frame on its own (every face embedded in every frame)")
     st.add_argument("--no-progress", action="store_true")
     e = client_parser("enroll", "enrol a person from one or more photos", _enroll)
     e.add_argument("name")

@@ -66,6 +66,16 @@ def frame_count(path) -> int:
         cap.release()
 
 
+def video_fps(path) -> float | None:
+    """A video file's frame rate, None when the container does not say."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        fps = float(cap.get(cv2.CAP_PROP_FPS))
+        return fps if 0 < fps < 1000 else None
+    finally:
+        cap.release()
+
+
 def tls_credentials(ca=None, cert=None, key=None) -> grpc.ChannelCredentials:
     """TLS channel credentials from PEM files: ``ca`` verifies the server (None: the system roots);
     ``cert`` + ``key`` are this client's certificate for mutual TLS."""
@@ -139,14 +149,20 @@ class MobidemClient:
 
     def stream(self, frames: Iterable, tasks=(), min_face_size: int = 0,
                drop_policy: int = pb.DROP_POLICY_NONE, max_in_flight: int = 0, raw: bool = False,
-               timeout: float | None = None) -> Iterator[pb.FrameResult]:
-        """Send frames (RGB arrays, paths or bytes); yields one FrameResult per frame, in order."""
+               timeout: float | None = None, tracking: int = pb.TRACKING_UNSPECIFIED,
+               fps: float | None = None) -> Iterator[pb.FrameResult]:
+        """Send frames (RGB arrays, paths or bytes); yields one FrameResult per frame, in order.
+
+        Capture times: the send time, or with ``fps`` (a video file's rate) the video's own timeline
+        from now, so that tracking measures time as the camera did, not as fast as the file is read."""
         def requests():
             yield pb.StreamRequest(options=pb.StreamOptions(tasks=tasks, min_face_size=min_face_size,
-                                                            drop_policy=drop_policy, max_in_flight=max_in_flight))
+                                                            drop_policy=drop_policy, max_in_flight=max_in_flight,
+                                                            tracking=tracking))
+            start = time.time_ns()
             for seq, frame in enumerate(frames, 1):
                 msg = pb.Frame(sequence=seq, image=to_image(frame, raw=raw))
-                msg.capture_time.FromNanoseconds(time.time_ns())
+                msg.capture_time.FromNanoseconds(start + int((seq - 1) * 1e9 / fps) if fps else time.time_ns())
                 yield pb.StreamRequest(frame=msg)
         return self.analysis.Stream(requests(), timeout=timeout)
 
@@ -207,8 +223,12 @@ def describe(result: pb.FrameResult) -> str:
     parts = []
     for f in result.faces:
         who = f.identity.display_name if f.identity.known else ("unknown" if f.HasField("identity") else "-")
+        if f.track_id:
+            who = f"#{f.track_id} {who}" + ("" if f.fresh_embedding else " (tracked)")
         dist = f" d={f.identity.distance:.3f}" if f.HasField("identity") and f.identity.candidates else ""
         expr = f" {f.expression.label} {f.expression.confidence:.2f}" if f.HasField("expression") else ""
+        if f.HasField("smoothed_expression") and f.smoothed_expression.label != f.expression.label:
+            expr += f" (track: {f.smoothed_expression.label})"
         box = f"[{f.box.x0:.0f},{f.box.y0:.0f},{f.box.x1:.0f},{f.box.y1:.0f}]"
         parts.append(f"{who}{dist}{expr} {box}")
     faces = "; ".join(parts) if parts else "no face"

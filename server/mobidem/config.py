@@ -38,6 +38,16 @@ class Settings:
     triton_start_timeout_s: float = setting(180.0, "seconds the managed Triton may take to have every model ready")
     detector: str = setting("blazeface", "detector plugin: blazeface | blazeface_short | blazeface_full | ...")
     face_plugins: str = setting("face_multitask", "face plugins, comma-separated (e.g. face_multitask,face_mesh)")
+    track_expression_plugin: str = setting(
+        "fer_xception", "tracked streams: expression plugin for faces not embedded in a frame (when the "
+                        "face plugins' expression comes from the embedder)")
+    track_lost_s: float = setting(1.0, "tracked streams: a face unseen this long (capture time) ends its track")
+    track_iou_min: float = setting(0.3, "tracked streams: box overlap (IoU) with its track that continues it")
+    track_embed_every_frames: int = setting(15, "tracked streams: a tracked face is embedded again at least "
+                                                "every this many frames")
+    track_embed_every_s: float = setting(1.0, "tracked streams: ... and at least this often (capture time)")
+    track_quality_gain: float = setting(1.25, "tracked streams: ... and when its quality beats the track's best "
+                                              "embedded one by this factor")
     operating_point: str = setting("far_1e-3", "default operating point of the calibration (far_1e-3 | far_1e-2)")
     calibration: str = setting("", "calibration JSON (bench/accuracy.py writes it); empty: the one shipped")
     allow_uncalibrated_embedder: bool = setting(
@@ -80,6 +90,13 @@ class Settings:
     template_key_file: str = setting("", "file with the 256-bit key (hex/base64) encrypting templates at rest")
     template_key: str = setting("", "the same key inline; prefer the env MOBIDEM_TEMPLATE_KEY to a flag")
     audit_log: str = setting("", "Verify/Identify audit database; empty: <data_dir>/audit.db")
+
+    def tracking(self):
+        from mobidem.tracking import TrackingConfig
+
+        return TrackingConfig(iou_min=self.track_iou_min, lost_s=self.track_lost_s,
+                              embed_every_frames=self.track_embed_every_frames,
+                              embed_every_s=self.track_embed_every_s, quality_gain=self.track_quality_gain)
 
     @property
     def face_plugin_names(self) -> list[str]:

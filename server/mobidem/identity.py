@@ -17,7 +17,7 @@ import numpy as np
 from mobidem import calibration
 from mobidem.errors import FailedPrecondition, InvalidArgument, NotFound
 from mobidem.gallery import Gallery, TemplateIn
-from mobidem.pipeline import FaceResult, Match, Pipeline
+from mobidem.pipeline import Match, Pipeline
 
 Loader = Callable[[], np.ndarray]
 

@@ -29,6 +29,15 @@ class Metrics:
                                       ["reason"], registry=r)
         self.frames_failed = Counter("mobidem_frames_failed_total", "Stream frames that failed, by gRPC status code",
                                      ["code"], registry=r)
+        self.tracks_started = Counter("mobidem_tracks_started_total",
+                                      "Face tracks started in tracked streams (splits included)", registry=r)
+        self.track_splits = Counter("mobidem_track_splits_total",
+                                    "Tracks split because a fresh embedding disagreed with the track", registry=r)
+        self.embeddings_fresh = Counter("mobidem_track_embeddings_fresh_total",
+                                        "Tracked faces embedded in their frame", registry=r)
+        self.embeddings_skipped = Counter("mobidem_track_embeddings_skipped_total",
+                                          "Tracked faces whose embedding was skipped (the track's identity reused)",
+                                          registry=r)
         self.faces_detected = Counter("mobidem_faces_detected_total", "Faces found in analysed images", registry=r)
         self.active_streams = Gauge("mobidem_active_streams", "Open Stream calls", registry=r)
         self.in_flight = Gauge("mobidem_frames_in_flight", "Frames received whose result is not yet sent", registry=r)

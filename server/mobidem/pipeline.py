@@ -23,6 +23,7 @@ import numpy as np
 from mobidem.errors import FailedPrecondition
 from mobidem.imaging import Decoded
 from mobidem.plugins import Detection, FacePlugin, PluginSet
+from mobidem.tracking.quality import face_quality
 from mobidem.triton_client import TritonClient
 from mobidem.vision.align import CHIP_SIZE, align_chip
 
@@ -66,6 +67,12 @@ class FaceResult:
     expression_labels: tuple[str, ...] = ()
     match: Match | None = None
     extensions: dict[str, Any] = field(default_factory=dict)  # "<plugin>.<field>" -> value
+    # tracked streams (mobidem.tracking): 0 and None when not tracked
+    track_id: int = 0
+    fresh_embedding: bool = False  # this frame's embedding was computed (else the track's identity is reused)
+    quality: float | None = None  # mobidem.tracking.quality
+    track_embeddings: int = 0  # embeddings the track's identity was decided from
+    smoothed_expression: np.ndarray | None = None  # over the track, in expression_labels order
 
 
 @dataclass
@@ -88,6 +95,14 @@ class PipelineConfig:
     detect_max_side: int = 2160  # every photo of the shared data (at most 2160 px) is detected as it is
 
 
+class FrameTracking(Protocol):
+    """A tracked stream's part in one frame (mobidem.tracking.StreamTracks with the frame's Turn)."""
+
+    def assign(self, boxes: np.ndarray, qualities: list[float], t: float) -> list: ...
+    def conclude(self, plans: list, faces: list[FaceResult]) -> None: ...
+    def abandon(self, plans: list) -> None: ...
+
+
 class Pipeline:
     """Runs a PluginSet against Triton; also the ``Context`` the plugins get."""
 
@@ -100,6 +115,11 @@ class Pipeline:
         self.matcher = matcher
         self.pool = ThreadPoolExecutor(max(1, config.threads), thread_name_prefix="mobidem-image")
         self.embedder: FacePlugin | None = plugins.filling("embedding")
+        # tracked streams: the expression of faces that are not embedded in a frame comes from
+        # a plugin that does not embed (the configured one if it is separate, else the tracking one)
+        filler = plugins.filling("expression")
+        self.expression_only: FacePlugin | None = (
+            filler if filler is not None and "embedding" not in filler.fields else plugins.track_expression)
 
     # -- the plugins' Context
 
@@ -146,16 +166,8 @@ class Pipeline:
         started = time.perf_counter()
         chips = await self.run(_chips, image, detections)
         aligned = time.perf_counter() - started
-        results = await asyncio.gather(*(p.process(image, detections, chips, self) for p in plugins))
-        for plugin, per_face in zip(plugins, results):
-            for face, values in zip(faces, per_face):
-                for name, value in values.items():
-                    if name == "embedding":
-                        face.embedding = np.asarray(value, np.float32)
-                    elif name == "expression":
-                        face.expression, face.expression_labels = np.asarray(value, np.float32), plugin.labels
-                    else:
-                        face.extensions[f"{plugin.name}.{name}"] = value
+        every = list(range(len(faces)))
+        await asyncio.gather(*(self._fill(image, detections, chips, p, faces, every) for p in plugins))
         return aligned
 
     def _wanted(self, tasks: frozenset[Task]) -> list[FacePlugin]:
@@ -193,6 +205,74 @@ class Pipeline:
             self.metrics.faces_detected.inc(len(faces))
             self.metrics.observe_timings(timings_ms)
         return Analysis(decoded.width, decoded.height, faces, models, timings_ms)
+
+    async def analyze_tracked(self, load: Callable[[], np.ndarray], tasks: frozenset[Task], min_face_size: int,
+                              tracking: FrameTracking, turn, when: float) -> Analysis:
+        """``analyze`` for a frame of a tracked stream: every face gets its track (ordered section 0 of
+        the stream's ``turn``), only the faces the tracker asks for are embedded, every face gets its
+        expression, and the track's identity is decided in order (section 1). ``when``: capture time, s."""
+        t0 = time.perf_counter()
+        decoded = Decoded.of(await self.run(load))
+        image, scale = decoded.pixels, decoded.scale
+        t1 = time.perf_counter()
+        detections = await self.detect(image, -(-min_face_size // scale))
+        t2 = time.perf_counter()
+        faces = [FaceResult(d.box * scale, d.keypoints * scale, float(d.score)) for d in detections]
+        chips, qualities = await self.run(_chips_and_quality, image, detections, [f.box for f in faces])
+        t3 = time.perf_counter()
+        plans: list = []
+        try:
+            async with turn.section(0):
+                plans = tracking.assign(np.array([f.box for f in faces], np.float32).reshape(-1, 4), qualities, when)
+            fresh = [i for i, p in enumerate(plans) if p.fresh]
+            rest = [i for i, p in enumerate(plans) if not p.fresh]
+            jobs = []  # (plugin, face indices)
+            if Task.IDENTIFY in tasks and fresh and self.embedder is not None:
+                jobs.append((self.embedder, fresh))
+            if Task.EXPRESSION in tasks and faces:
+                embedder_expresses = self.embedder is not None and "expression" in self.embedder.fields
+                for_expression = rest if embedder_expresses and Task.IDENTIFY in tasks else list(range(len(faces)))
+                expresser = self.expression_only or (self.embedder if embedder_expresses else None)
+                if for_expression and expresser is not None:
+                    jobs.append((expresser, for_expression))
+            for plugin in self._wanted(tasks):
+                if set(plugin.fields) - set(TASK_FIELDS.values()) and plugin not in (self.embedder, self.expression_only):
+                    jobs.append((plugin, list(range(len(faces)))))
+            await asyncio.gather(*(self._fill(image, detections, chips, plugin, faces, idx) for plugin, idx in jobs))
+            if Task.EXPRESSION not in tasks:
+                for face in faces:
+                    face.expression = None
+            t4 = time.perf_counter()
+            async with turn.section(1):
+                tracking.conclude(plans, faces)
+        finally:
+            tracking.abandon(plans)
+        t5 = time.perf_counter()
+        if scale > 1:
+            for face in faces:
+                face.extensions = {k: _scaled_points(v, scale) for k, v in face.extensions.items()}
+        timings = {"decode": t1 - t0, "detect": t2 - t1, "align": t3 - t2, "embed": t4 - t3, "match": t5 - t4,
+                   "total": time.perf_counter() - t0}
+        models = await self.versions([self.plugins.detector, *dict.fromkeys(p for p, _ in jobs)])
+        timings_ms = {k: v * 1000 for k, v in timings.items()}
+        if self.metrics is not None:
+            self.metrics.faces_detected.inc(len(faces))
+            self.metrics.observe_timings(timings_ms)
+        return Analysis(decoded.width, decoded.height, faces, models, timings_ms)
+
+    async def _fill(self, image: np.ndarray, detections: list[Detection], chips: np.ndarray, plugin: FacePlugin,
+                    faces: list[FaceResult], idx: list[int]) -> None:
+        """One plugin's fields for the faces at ``idx``."""
+        values = await plugin.process(image, [detections[i] for i in idx], chips[idx], self)
+        for i, fields_ in zip(idx, values):
+            face = faces[i]
+            for name, value in fields_.items():
+                if name == "embedding":
+                    face.embedding = np.asarray(value, np.float32)
+                elif name == "expression":
+                    face.expression, face.expression_labels = np.asarray(value, np.float32), plugin.labels
+                else:
+                    face.extensions[f"{plugin.name}.{name}"] = value
 
     async def embed_faces(self, image: np.ndarray | Decoded) -> tuple[list[FaceResult], str]:
         """Detect and embed every face of one image, largest first (for enrolment and verification)."""
@@ -232,6 +312,13 @@ def _scaled_points(value: Any, scale: int) -> Any:
     if isinstance(value, np.ndarray) and value.ndim == 2 and value.shape[1] == 2 and value.dtype.kind == "f":
         return value * scale
     return value
+
+
+def _chips_and_quality(image: np.ndarray, detections: list[Detection],
+                       boxes: list[np.ndarray]) -> tuple[np.ndarray, list[float]]:
+    """Aligned chips and each face's quality (``boxes`` in the original image's pixels, for its size)."""
+    chips = _chips(image, detections)
+    return chips, [face_quality(chip, d.keypoints, box) for chip, d, box in zip(chips, detections, boxes)]
 
 
 def _chips(image: np.ndarray, detections: list[Detection]) -> np.ndarray:

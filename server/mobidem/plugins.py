@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib.metadata as md
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, ClassVar, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import numpy as np
 
@@ -149,9 +149,12 @@ def load(name: str) -> Plugin:
 class PluginSet:
     detector: DetectorPlugin
     face: tuple[FacePlugin, ...]
+    # tracked streams: expression for the faces not embedded in a frame, when the configured
+    # expression comes from the embedder (face_multitask); None: not needed or not configured
+    track_expression: FacePlugin | None = None
 
     @classmethod
-    def from_config(cls, detector: str, face_plugins: Sequence[str]) -> "PluginSet":
+    def from_config(cls, detector: str, face_plugins: Sequence[str], track_expression: str = "") -> "PluginSet":
         det = load(detector)
         if not isinstance(det, DetectorPlugin):
             raise PluginError(f"plugin {detector!r} is a {det.kind} plugin; `detector` needs a detector plugin")
@@ -166,11 +169,19 @@ class PluginSet:
                     raise PluginError(f"plugins {owner[f]!r} and {name!r} both fill the field {f!r}; configure one")
                 owner[f] = name
             faces.append(plugin)
-        return cls(det, tuple(faces))
+        tracking = None
+        expresser = next((p for p in faces if "expression" in p.fields), None)
+        if track_expression and expresser is not None and "embedding" in expresser.fields:
+            tracking = load(track_expression)
+            if not isinstance(tracking, FacePlugin) or tuple(tracking.fields) != ("expression",):
+                raise PluginError(f"track_expression_plugin {track_expression!r} must be a face plugin that fills "
+                                  "`expression` alone")
+        return cls(det, tuple(faces), tracking)
 
     @property
     def plugins(self) -> tuple[Plugin, ...]:
-        return (self.detector, *self.face)
+        extra = (self.track_expression,) if self.track_expression is not None else ()
+        return (self.detector, *self.face, *extra)
 
     @property
     def model_names(self) -> list[str]:

@@ -13,6 +13,9 @@
   that does not read them (gRPC flow control then holds the client back).
 - Any exception in a frame's processing fails that frame only: a MobidemError with its own status,
   anything else as INTERNAL with a reference that the log line repeats.
+- Frames are processed concurrently, but a processor may keep per-stream state (a face tracker)
+  in *ordered sections*: each frame gets a ``Turn``, and section k of a frame runs only after every
+  earlier frame of the stream has left section k, or was dropped, failed or cancelled.
 
 Transport-agnostic: frames in, results out, as plain objects.
 """
@@ -55,6 +58,46 @@ class StreamOutcome:
     drop_reason: str = ""
 
 
+class Turn:
+    """One frame's place in the stream's ordered sections (see the module docstring).
+
+    ``async with turn.section(k):`` waits for the previous frame to leave section k, runs the body,
+    and lets the next frame in. A frame that ends without entering a section (dropped, failed,
+    cancelled) passes it on as soon as its predecessor has: ``release`` does that, and the session
+    calls it when the frame's work ends, whatever the reason.
+    """
+
+    def __init__(self, previous: "Turn | None", sections: int):
+        loop = asyncio.get_running_loop()
+        self._before = list(previous._passed) if previous is not None else [None] * sections
+        self._passed = [loop.create_future() for _ in range(sections)]
+
+    @contextlib.asynccontextmanager
+    async def section(self, k: int):
+        before = self._before[k]
+        if before is not None:
+            await asyncio.shield(before)  # shielded: cancelling this frame must not cancel the chain
+            self._before[k] = None  # only the frames in flight are linked: the chain stays short
+        try:
+            yield
+        finally:
+            self._pass(k)
+
+    def _pass(self, k: int) -> None:
+        if not self._passed[k].done():
+            self._passed[k].set_result(None)
+
+    def release(self) -> None:
+        for k, before in enumerate(self._before):
+            if self._passed[k].done():
+                continue
+            if before is None or before.done():
+                self._pass(k)
+            else:
+                before.add_done_callback(lambda _f, k=k: self._pass(k))
+            self._before[k] = None
+
+
 class StreamStats:
     """In-flight accounting shared by all streams (for metrics and tests)."""
 
@@ -72,9 +115,12 @@ class _Entry:
 
 
 class StreamSession:
-    def __init__(self, process: Callable[[StreamFrame], Awaitable[object]], max_in_flight: int,
-                 drop_policy: DropPolicy, stats: StreamStats | None = None, concurrency: int | None = None):
+    def __init__(self, process: Callable[[StreamFrame, Turn], Awaitable[object]], max_in_flight: int,
+                 drop_policy: DropPolicy, stats: StreamStats | None = None, concurrency: int | None = None,
+                 sections: int = 0):
         self.process = process
+        self.sections = sections  # ordered sections the processor uses (each frame's Turn has them)
+        self._last_turn: Turn | None = None
         self.max_in_flight = max(1, max_in_flight)
         self.drop_policy = drop_policy
         self.stats = stats or StreamStats()
@@ -92,10 +138,10 @@ class StreamSession:
         # results (dropped ones included) waiting for the client; past this the stream stops reading
         self.max_queued = 2 * self.max_in_flight + 8
 
-    async def _work(self, entry: _Entry) -> object:
+    async def _work(self, entry: _Entry, turn: Turn) -> object:
         async with self.working:
             entry.started = True
-            return await self.process(entry.frame)
+            return await self.process(entry.frame, turn)
 
     async def _read(self, frames: AsyncIterator[StreamFrame]) -> None:
         last = None
@@ -114,7 +160,9 @@ class StreamSession:
                         else:
                             await self.room.wait_for(lambda: len(self.held) < self.max_in_flight)
                     entry = _Entry(frame)
-                    entry.task = asyncio.ensure_future(self._work(entry))
+                    turn = self._last_turn = Turn(self._last_turn, self.sections)
+                    entry.task = asyncio.ensure_future(self._work(entry, turn))
+                    entry.task.add_done_callback(lambda _t, turn=turn: turn.release())
                     self.held.append(entry)
                     self.stats.in_flight += 1
                 self.out.put_nowait(entry)

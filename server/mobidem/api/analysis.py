@@ -16,8 +16,9 @@ from mobidem.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from mobidem.imaging import ImageLimits
 from mobidem.logs import frame_sequence, stream_id
 from mobidem.metrics import Metrics
-from mobidem.pipeline import Pipeline
-from mobidem.streaming import DropPolicy, StreamFrame, StreamSession, StreamStats
+from mobidem.pipeline import Pipeline, Task
+from mobidem.streaming import DropPolicy, StreamFrame, StreamSession, StreamStats, Turn
+from mobidem.tracking import StreamTracks, TrackingConfig
 from mobidem.v1 import mobidem_pb2 as pb
 from mobidem.v1 import mobidem_pb2_grpc as pb_grpc
 
@@ -28,8 +29,9 @@ class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
     def __init__(self, pipeline: Pipeline, limits: ImageLimits, default_in_flight: int = 8,
                  max_in_flight: int = 32, stats: StreamStats | None = None, metrics: Metrics | None = None,
                  max_streams_per_client: int = 16, default_in_flight_latest: int = 4, *,
-                 max_streams: int = 256, idle_timeout_s: float = 0.0):
+                 max_streams: int = 256, idle_timeout_s: float = 0.0, tracking: TrackingConfig = TrackingConfig()):
         self.pipeline = pipeline
+        self.tracking = tracking  # streams with tracking on (the default)
         self.limits = limits
         self.default_in_flight = default_in_flight  # DROP_POLICY_NONE
         self.default_in_flight_latest = default_in_flight_latest  # DROP_POLICY_LATEST_FRAME_WINS
@@ -106,9 +108,13 @@ class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
         top_k = opts.top_k or 1
         in_flight = self.in_flight(opts.max_in_flight, policy)
 
+        tracked = opts.tracking != pb.TRACKING_OFF
+        tracks = (StreamTracks(self.tracking, self.pipeline.matcher, top_k, identify=Task.IDENTIFY in tasks,
+                               metrics=self.metrics) if tracked else None)
+
         stream_id.set(uuid.uuid4().hex[:12])
-        log.info("stream opened: tasks=%s drop_policy=%s max_in_flight=%d", sorted(t.name for t in tasks),
-                 policy.name, in_flight)
+        log.info("stream opened: tasks=%s drop_policy=%s max_in_flight=%d tracking=%s",
+                 sorted(t.name for t in tasks), policy.name, in_flight, "on" if tracked else "off")
         counts = {"ok": 0, "dropped": 0, "failed": 0}
 
         async def frames():
@@ -120,14 +126,19 @@ class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
                 captured.CopyFrom(message.frame.capture_time)
                 yield StreamFrame(message.frame.sequence, message.frame, captured)
 
-        async def process(frame: StreamFrame):
+        async def process(frame: StreamFrame, turn: Turn):
             frame_sequence.set(frame.sequence)
             load = convert.image_loader(frame.payload.image, self.limits, "frame.image")
-            analysis = await self.pipeline.analyze(load, tasks, opts.min_face_size, top_k)
+            if tracks is None:
+                analysis = await self.pipeline.analyze(load, tasks, opts.min_face_size, top_k)
+            else:
+                captured = frame.tag.ToNanoseconds() / 1e9 if frame.tag.seconds or frame.tag.nanos else 0.0
+                analysis = await self.pipeline.analyze_tracked(load, tasks, opts.min_face_size, tracks, turn,
+                                                               captured or frame.received)
             log.debug("frame analysed: %d face(s) in %.1f ms", len(analysis.faces), analysis.timings_ms["total"])
             return analysis
 
-        session = StreamSession(process, in_flight, policy, self.stats)
+        session = StreamSession(process, in_flight, policy, self.stats, sections=2 if tracked else 0)
         try:
             async for outcome in session.results(frames()):
                 counts[outcome.status] += 1

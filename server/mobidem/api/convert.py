@@ -51,6 +51,13 @@ def _plugin_value(value) -> pb.PluginValue:
     return pb.PluginValue(vector=pb.Vector(values=arr.ravel().tolist()))
 
 
+def expression_pb(probabilities: np.ndarray, labels: tuple[str, ...]) -> pb.Expression:
+    best = int(np.argmax(probabilities))
+    return pb.Expression(label=labels[best], confidence=float(probabilities[best]),
+                         probabilities=[pb.ClassProbability(label=label, probability=float(p))
+                                        for label, p in zip(labels, probabilities)])
+
+
 def face_pb(face: FaceResult) -> pb.Face:
     out = pb.Face(
         box=pb.Box(x0=face.box[0], y0=face.box[1], x1=face.box[2], y1=face.box[3]),
@@ -60,12 +67,15 @@ def face_pb(face: FaceResult) -> pb.Face:
     if face.match is not None:
         out.identity.CopyFrom(match_pb(face.match))
     if face.expression is not None:
-        best = int(np.argmax(face.expression))
-        out.expression.CopyFrom(pb.Expression(
-            label=face.expression_labels[best], confidence=float(face.expression[best]),
-            probabilities=[pb.ClassProbability(label=label, probability=float(p))
-                           for label, p in zip(face.expression_labels, face.expression)],
-        ))
+        out.expression.CopyFrom(expression_pb(face.expression, face.expression_labels))
+    if face.track_id:
+        out.track_id = face.track_id
+        out.fresh_embedding = face.fresh_embedding
+        out.track_embeddings = face.track_embeddings
+        if face.quality is not None:
+            out.quality = face.quality
+        if face.smoothed_expression is not None:
+            out.smoothed_expression.CopyFrom(expression_pb(face.smoothed_expression, face.expression_labels))
     for key, value in face.extensions.items():
         out.extensions[key].CopyFrom(_plugin_value(value))
     return out

@@ -19,7 +19,6 @@ written as explicit pads, with the odd pixel at the end (TensorFlow's rule), whi
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 

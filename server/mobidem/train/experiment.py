@@ -1,6 +1,6 @@
 """The docs/TRAINING.md experiment, for a GPU host whose Python has torch (maybe not onnx): run from the repository root,
 `OUT=dir STEPS=300 python server/mobidem/train/experiment.py 0 1 2` (training seeds); needs .data/train-cache and MOBIDEM_DLIB_DAT."""
-import json, os, sys, types
+import os, sys, types
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
 try:
     import onnx  # noqa

@@ -32,6 +32,12 @@ class DropPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DROP_POLICY_UNSPECIFIED: _ClassVar[DropPolicy]
     DROP_POLICY_NONE: _ClassVar[DropPolicy]
     DROP_POLICY_LATEST_FRAME_WINS: _ClassVar[DropPolicy]
+
+class Tracking(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRACKING_UNSPECIFIED: _ClassVar[Tracking]
+    TRACKING_ON: _ClassVar[Tracking]
+    TRACKING_OFF: _ClassVar[Tracking]
 PIXEL_FORMAT_UNSPECIFIED: PixelFormat
 PIXEL_FORMAT_RGB8: PixelFormat
 PIXEL_FORMAT_BGR8: PixelFormat
@@ -46,6 +52,9 @@ TASK_PLUGINS: Task
 DROP_POLICY_UNSPECIFIED: DropPolicy
 DROP_POLICY_NONE: DropPolicy
 DROP_POLICY_LATEST_FRAME_WINS: DropPolicy
+TRACKING_UNSPECIFIED: Tracking
+TRACKING_ON: Tracking
+TRACKING_OFF: Tracking
 
 class RawImage(_message.Message):
     __slots__ = ("width", "height", "format", "stride", "data")
@@ -70,18 +79,20 @@ class Image(_message.Message):
     def __init__(self, encoded: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ...) -> None: ...
 
 class StreamOptions(_message.Message):
-    __slots__ = ("tasks", "min_face_size", "drop_policy", "max_in_flight", "top_k")
+    __slots__ = ("tasks", "min_face_size", "drop_policy", "max_in_flight", "top_k", "tracking")
     TASKS_FIELD_NUMBER: _ClassVar[int]
     MIN_FACE_SIZE_FIELD_NUMBER: _ClassVar[int]
     DROP_POLICY_FIELD_NUMBER: _ClassVar[int]
     MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    TRACKING_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedScalarFieldContainer[Task]
     min_face_size: int
     drop_policy: DropPolicy
     max_in_flight: int
     top_k: int
-    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, str]]] = ..., min_face_size: _Optional[int] = ..., drop_policy: _Optional[_Union[DropPolicy, str]] = ..., max_in_flight: _Optional[int] = ..., top_k: _Optional[int] = ...) -> None: ...
+    tracking: Tracking
+    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, str]]] = ..., min_face_size: _Optional[int] = ..., drop_policy: _Optional[_Union[DropPolicy, str]] = ..., max_in_flight: _Optional[int] = ..., top_k: _Optional[int] = ..., tracking: _Optional[_Union[Tracking, str]] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("sequence", "capture_time", "image")
@@ -194,7 +205,7 @@ class Points(_message.Message):
     def __init__(self, points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ...) -> None: ...
 
 class Face(_message.Message):
-    __slots__ = ("box", "landmarks", "detection_score", "identity", "expression", "extensions")
+    __slots__ = ("box", "landmarks", "detection_score", "identity", "expression", "extensions", "track_id", "fresh_embedding", "quality", "track_embeddings", "smoothed_expression")
     class ExtensionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -208,13 +219,23 @@ class Face(_message.Message):
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     EXPRESSION_FIELD_NUMBER: _ClassVar[int]
     EXTENSIONS_FIELD_NUMBER: _ClassVar[int]
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
+    FRESH_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    TRACK_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    SMOOTHED_EXPRESSION_FIELD_NUMBER: _ClassVar[int]
     box: Box
     landmarks: _containers.RepeatedCompositeFieldContainer[Point]
     detection_score: float
     identity: IdentityMatch
     expression: Expression
     extensions: _containers.MessageMap[str, PluginValue]
-    def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., landmarks: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., detection_score: _Optional[float] = ..., identity: _Optional[_Union[IdentityMatch, _Mapping]] = ..., expression: _Optional[_Union[Expression, _Mapping]] = ..., extensions: _Optional[_Mapping[str, PluginValue]] = ...) -> None: ...
+    track_id: int
+    fresh_embedding: bool
+    quality: float
+    track_embeddings: int
+    smoothed_expression: Expression
+    def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., landmarks: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., detection_score: _Optional[float] = ..., identity: _Optional[_Union[IdentityMatch, _Mapping]] = ..., expression: _Optional[_Union[Expression, _Mapping]] = ..., extensions: _Optional[_Mapping[str, PluginValue]] = ..., track_id: _Optional[int] = ..., fresh_embedding: _Optional[bool] = ..., quality: _Optional[float] = ..., track_embeddings: _Optional[int] = ..., smoothed_expression: _Optional[_Union[Expression, _Mapping]] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
     __slots__ = ("role", "name", "version")
