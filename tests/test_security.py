@@ -113,6 +113,7 @@ POLICY = {
     "/mobidem.v1.Gallery/EnrollStream": "admin",
     "/mobidem.v1.Gallery/DeleteIdentity": "admin",
     "/mobidem.v1.Gallery/ListIdentities": "admin",
+    "/mobidem.v1.Gallery/GetEvidenceKeys": "*",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -24,6 +25,9 @@ from mobidem.api.gallery import GalleryServicer
 from mobidem.config import Settings
 from mobidem.errors import FailedPrecondition, InvalidArgument, Unavailable
 from mobidem.audit import AuditLog
+from mobidem.evidence import checkpoints as evidence_checkpoints
+from mobidem.evidence import keys as evidence_keys
+from mobidem.evidence import records as evidence_records
 from mobidem.gallery import Gallery
 from mobidem.gallery.crypto import load_key
 from mobidem.identity import IdentityService
@@ -56,6 +60,7 @@ class MobidemServer:
         self._http = None
         self._monitor: asyncio.Task | None = None
         self._housekeeping: asyncio.Task | None = None
+        self._audit_housekeeping: asyncio.Task | None = None
 
     async def start(self) -> "MobidemServer":
         s = self.settings
@@ -103,7 +108,13 @@ class MobidemServer:
         if self.pipeline.embedder is not None:
             self.identities.model_version = await self.triton.model_version(self.pipeline.embedder_model)
         models = [f"{m}:{await self.triton.model_version(m)}" for m in self.pipeline.models]
-        self.audit = self.identities.audit = AuditLog(s.audit_log or data / "audit.db", models)
+        self.signer = signer = await asyncio.to_thread(evidence_signer, s, data)
+        model_info = evidence_records.model_descriptions([Path(s.model_repository), *plugins.repositories()],
+                                                         {m: planned[m][0] for m in self.pipeline.models})
+        self.audit = self.identities.audit = AuditLog(s.audit_log or data / "audit.db", models, signer=signer,
+                                                      model_info=model_info,
+                                                      witness=evidence_checkpoints.load_witness(s.audit_witness))
+        await asyncio.to_thread(self.audit.checkpoint)  # the head as found at start (after a crash: its tail)
         self.pipeline.matcher = self.identities
 
         await asyncio.to_thread(imaging.warm_up)
@@ -118,7 +129,8 @@ class MobidemServer:
                                  self.metrics, s.max_streams_per_client, s.default_in_flight_latest,
                                  max_streams=s.max_streams, idle_timeout_s=s.stream_idle_timeout_s,
                                  tracking=s.tracking()), self.server)
-        mobidem_pb2_grpc.add_GalleryServicer_to_server(GalleryServicer(self.identities, limits), self.server)
+        mobidem_pb2_grpc.add_GalleryServicer_to_server(
+            GalleryServicer(self.identities, limits, jwks=lambda: (signer.jwks(), signer.kid)), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [mobidem_pb2.DESCRIPTOR.services_by_name[n.split(".")[-1]].full_name for n in SERVICES]
         reflection.enable_server_reflection([*names, "grpc.health.v1.Health", reflection.SERVICE_NAME], self.server)
@@ -129,10 +141,13 @@ class MobidemServer:
         await self.server.start()
         if s.metrics_listen:
             host, _, port = s.metrics_listen.rpartition(":")
-            self._http, self.metrics_port = serve_http(self.metrics, host or "127.0.0.1", int(port), lambda: self.ready)
+            jwks = {"/.well-known/jwks.json": lambda: json.dumps(signer.jwks()).encode()}
+            self._http, self.metrics_port = serve_http(self.metrics, host or "127.0.0.1", int(port), lambda: self.ready,
+                                                       json_routes=jwks)
         await self._set_ready(True)
         self._monitor = asyncio.ensure_future(self._watch_triton())
         self._housekeeping = asyncio.ensure_future(self._purge_idempotency())
+        self._audit_housekeeping = asyncio.ensure_future(self._audit_rounds())
         log.info("mobidem serving gRPC on %s (port %d), metrics on %s", s.listen, self.port,
                  f"{s.metrics_listen.rpartition(':')[0]}:{self.metrics_port}" if self._http else "(off)")
         return self
@@ -236,9 +251,33 @@ class MobidemServer:
                 log.exception("purging idempotency records failed")
             await asyncio.sleep(max(0.2, min(3600.0, retention / 2)))
 
+    async def _audit_rounds(self) -> None:
+        """A signed checkpoint of the audit log every ``audit_checkpoint_interval_s`` (when its head
+        moved), and with ``audit_retention_s`` a retention purge at start and then hourly."""
+        s = self.settings
+        every = s.audit_checkpoint_interval_s
+        purge_every = max(1.0, min(3600.0, s.audit_retention_s / 2)) if s.audit_retention_s > 0 else None
+        next_purge = time.monotonic()
+        while True:
+            try:
+                if purge_every is not None and time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + purge_every
+                    purged = await asyncio.to_thread(self.audit.purge, s.audit_retention_s)
+                    if purged:
+                        log.info("purged %d audit record(s) older than %.0f s (through record %d)", purged["count"],
+                                 s.audit_retention_s, purged["through_seq"])
+                if every > 0:
+                    await asyncio.to_thread(self.audit.checkpoint)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - housekeeping must not die; the next round retries
+                log.exception("audit checkpoint or purge failed")
+            waits = [w for w in (every if every > 0 else None, purge_every) if w]
+            await asyncio.sleep(min(waits) if waits else 3600.0)
+
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting calls, let in-flight ones finish within ``grace`` seconds, then close."""
-        for task in (self._monitor, self._housekeeping):
+        for task in (self._monitor, self._housekeeping, self._audit_housekeeping):
             if task is not None:
                 task.cancel()
         self.ready = False
@@ -255,9 +294,25 @@ class MobidemServer:
         if getattr(self, "gallery", None) is not None:
             await asyncio.to_thread(self.gallery.close)
         if getattr(self, "audit", None) is not None:
-            self.audit.close()
+            try:
+                await asyncio.to_thread(self.audit.checkpoint)  # the head at shutdown, signed
+            finally:
+                self.audit.close()
         if self.managed is not None:
             await asyncio.to_thread(self.managed.stop)
+
+
+def evidence_signer(s: Settings, data: Path) -> evidence_keys.Signer:
+    """The evidence signing key: ``evidence_key_file``, else ``<data_dir>/evidence-keys.json`` (made
+    on first start); a configured file that is missing or unreadable fails the start."""
+    path = Path(s.evidence_key_file).expanduser() if s.evidence_key_file else data / "evidence-keys.json"
+    if not s.evidence_key_file and not path.exists():
+        kid = evidence_keys.create(path)
+        log.info("made the evidence signing key %s in %s (mode 0600)", kid, path)
+    try:
+        return evidence_keys.Signer.load(path)
+    except evidence_keys.KeyFileError as exc:
+        raise FailedPrecondition(f"evidence_key_file: {exc}") from None
 
 
 def private_dir(path: Path) -> None:

@@ -47,6 +47,7 @@ METHOD_ROLES = {
     "/mobidem.v1.Gallery/Enroll": "admin",
     "/mobidem.v1.Gallery/EnrollStream": "admin",
     "/mobidem.v1.Gallery/DeleteIdentity": "admin",
+    "/mobidem.v1.Gallery/GetEvidenceKeys": "*",       # public keys: any valid key (ANY_ROLE)
 }
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")

@@ -192,6 +192,106 @@ def _identify(args) -> int:
     return 0
 
 
+def _trusted(args, default_key_file: Path | None = None):
+    """kid -> public key from --public-key/--jwks, else the key file's public keys; (None, "") if none."""
+    from mobidem.evidence import keys
+
+    source = args.public_key or args.jwks
+    if source:
+        return keys.load_trusted(source), source
+    if default_key_file is not None and default_key_file.exists():
+        return keys.trusted_keys(__import__("json").dumps(keys.public_jwks(default_key_file))), str(default_key_file)
+    return None, ""
+
+
+def _evidence(args) -> int:
+    import json
+
+    from mobidem.evidence import keys
+    from mobidem.evidence import verify as evidence_verify
+    from mobidem.evidence.jws import JwsError
+
+    name = f"mobidem evidence {args.evidence_command}"
+    try:
+        if args.evidence_command == "keygen":
+            kid = keys.create(args.file)
+            print(f"wrote evidence signing key {kid} to {args.file} (mode 0600); serve with --evidence-key-file "
+                  f"{args.file}")
+        elif args.evidence_command == "rotate":
+            kid = keys.rotate(args.file)
+            print(f"new signing key {kid} in {args.file}; older keys kept (public part only) for verification; "
+                  "restart the server to sign with it")
+        elif args.evidence_command == "jwks":
+            print(keys.public_pem(args.file) if args.pem else json.dumps(keys.public_jwks(args.file), indent=2))
+        else:
+            trusted, source = _trusted(args)
+            record = args.record
+            if record == "-":
+                record = sys.stdin.read()
+            elif Path(record).is_file():
+                record = Path(record).read_text()
+            try:
+                claims = evidence_verify.evidence(record.strip(), trusted)
+            except JwsError as exc:
+                print(f"{name}: INVALID: {exc}", file=sys.stderr)
+                return 1
+            print(json.dumps(claims, indent=2, sort_keys=True))
+            print(f"signature valid (EdDSA, key from {source})", file=sys.stderr)
+    except (keys.KeyFileError, OSError, ValueError) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _audit(args) -> int:
+    from mobidem import config
+    from mobidem.audit import AuditLog, check
+    from mobidem.evidence import keys
+
+    settings = config.load(None)
+    data = Path(args.data_dir).expanduser() if args.data_dir else settings.data_path
+    path = Path(args.audit_log or settings.audit_log or data / "audit.db").expanduser()
+    key_file = Path(getattr(args, "key_file", None) or settings.evidence_key_file or data / "evidence-keys.json")
+    name = f"mobidem audit {args.audit_command}"
+    if not path.is_file():
+        print(f"{name}: {path} does not exist (pass --data-dir DIR or --audit-log FILE)", file=sys.stderr)
+        return 2
+    try:
+        if args.audit_command == "purge":
+            log = AuditLog(path, signer=keys.Signer.load(key_file.expanduser()))
+            try:
+                purged = log.purge(args.older_than_s)
+                log.checkpoint()
+            finally:
+                log.close()
+            if purged is None:
+                print(f"no audit record older than {args.older_than_s:.0f} s in {path}")
+            else:
+                print(f"purged {purged['count']} record(s) through record {purged['through_seq']} from {path}; "
+                      f"signed purge record {purged['record']['seq']} appended")
+            return 0
+        trusted, source = _trusted(args, key_file.expanduser())
+    except (keys.KeyFileError, OSError, ValueError) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+    report = check(path, trusted)
+    signatures = f"signatures checked against {source}" if trusted else \
+        "signatures NOT checked (no --public-key, --jwks or key file): chain only"
+    if report.problems:
+        print(f"{path}: NOT intact: {report.problems[0]}")
+        for problem in report.problems[1:]:
+            print(f"  also: {problem}")
+        print(f"  ({signatures})")
+        return 1
+    span = f"records {report.first_seq}..{report.last_seq}" if report.records else "no records"
+    print(f"{path}: intact: {report.records} record(s) ({span}), {report.signed_records} with signed evidence, "
+          f"{report.checkpoints} checkpoint(s) (the last covers {report.checkpointed}; {report.witnessed} "
+          f"witnessed), {report.uncovered} record(s) after the last checkpoint"
+          + (f", purged through record {report.purged_through}" if report.purged_through else "")
+          + f"; {signatures}")
+    return 0
+
+
 def _demo(args) -> int:
     from mobidem.demo import run_demo
 
@@ -284,6 +384,37 @@ def build_parser() -> argparse.ArgumentParser:
     kt.add_argument("--force", action="store_true")
     for p in (ka, kr, kl, kt):
         p.set_defaults(func=_keys)
+    ev = sub.add_parser("evidence", help="signed evidence of decisions: signing keys, offline verification")
+    evs = ev.add_subparsers(dest="evidence_command", required=True)
+    evg = evs.add_parser("keygen", help="write a new Ed25519 signing key file (mode 0600)")
+    evg.add_argument("file")
+    evr = evs.add_parser("rotate", help="add a new signing key; old keys stay (public only) for verification")
+    evr.add_argument("file")
+    evj = evs.add_parser("jwks", help="print the public keys as a JWK Set (or --pem: the active key as PEM)")
+    evj.add_argument("file")
+    evj.add_argument("--pem", action="store_true")
+    evv = evs.add_parser("verify", help="check a record's signature and print its claims (exit 0 valid, 1 not)")
+    evv.add_argument("record", help="the compact JWS, a file holding it, or - for stdin")
+    evk = evv.add_mutually_exclusive_group(required=True)
+    evk.add_argument("--public-key", help="PEM public key or JWK file")
+    evk.add_argument("--jwks", help="JWK Set file (e.g. from /.well-known/jwks.json)")
+    for p in (evg, evr, evj, evv):
+        p.set_defaults(func=_evidence)
+    au = sub.add_parser("audit", help="the audit log: verify its chain and checkpoints, purge old records")
+    aus = au.add_subparsers(dest="audit_command", required=True)
+    auv = aus.add_parser("verify", help="walk the hash chain, evidence and checkpoints (exit 0 intact, 1 not)")
+    aup = aus.add_parser("purge", help="delete records older than --older-than-s, leaving a signed purge record")
+    aup.add_argument("--older-than-s", type=float, required=True)
+    aup.add_argument("--key-file", help="evidence key file (default: setting evidence_key_file, else "
+                                        "<data_dir>/evidence-keys.json)")
+    for p in (auv, aup):
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("--data-dir", help="the server's data_dir (default: setting data_dir)")
+        where.add_argument("--audit-log", help="the audit database itself")
+        p.set_defaults(func=_audit)
+    auk = auv.add_mutually_exclusive_group()
+    auk.add_argument("--public-key", help="trusted PEM public key or JWK (default: the data dir's key file)")
+    auk.add_argument("--jwks", help="trusted JWK Set file")
     d = sub.add_parser("demo", help="start everything, enrol a man from a photo, recognise him in a real video, "
                                     "and a stranger as unknown (material from PyPI)")
     d.add_argument("--video", help="stream this video instead of the built-in material")

@@ -90,6 +90,14 @@ class Settings:
     template_key_file: str = setting("", "file with the 256-bit key (hex/base64) encrypting templates at rest")
     template_key: str = setting("", "the same key inline; prefer the env MOBIDEM_TEMPLATE_KEY to a flag")
     audit_log: str = setting("", "Verify/Identify audit database; empty: <data_dir>/audit.db")
+    evidence_key_file: str = setting("", "Ed25519 key file signing evidence and audit checkpoints (`mobidem "
+                                         "evidence keygen`); empty: <data_dir>/evidence-keys.json, made at first start")
+    audit_checkpoint_interval_s: float = setting(300.0, "how often a signed checkpoint of the audit log's head is "
+                                                        "written (also at start and shutdown); 0: only those")
+    audit_retention_s: float = setting(0.0, "audit records and evidence older than this are purged (hourly, and "
+                                            "by `mobidem audit purge`), leaving a signed purge record; 0: kept")
+    audit_witness: str = setting("", "module:function countersigning each checkpoint (an RFC 3161 time-stamp or "
+                                     "witness client; docs/SECURITY.md); empty: none")
 
     def tracking(self):
         from mobidem.tracking import TrackingConfig

@@ -8,6 +8,7 @@ face model name and version; others are reported as needing re-enrolment, never 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -23,6 +24,18 @@ Loader = Callable[[], np.ndarray]
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """A decision's signed evidence (compact JWS) and its record id; empty without an audit log."""
+
+    record_id: str = ""
+    jws: str = ""
+
+    @classmethod
+    def of(cls, record: dict | None) -> "Evidence":
+        return cls(record.get("record_id", ""), record.get("evidence", "")) if record else cls()
+
+
+@dataclass(frozen=True)
 class Decision:
     match: bool
     distance: float
@@ -31,6 +44,7 @@ class Decision:
     far_target: float
     embedder: str
     request_id: str
+    evidence: Evidence = Evidence()
 
 
 class IdentityService:
@@ -104,14 +118,18 @@ class IdentityService:
                      operating_point=point.name, candidates=candidates,
                      stale_identities=len(result.stale_identities))
 
-    async def identify(self, load: Loader, top_k: int, operating_point: str, face_index: int | None = None) -> Match:
+    async def identify(self, load: Loader, top_k: int, operating_point: str, face_index: int | None = None,
+                       images: Sequence[dict] = (), transaction_ref: str = "") -> tuple[Match, Evidence]:
+        """1:N; ``images``: [{"role", "sha256"}] of the photos, for the evidence."""
         embedding = await self._embed_one(load, "probe", face_index)
         match = await asyncio.to_thread(self.match, embedding, top_k, operating_point)
         self._decided("identify", "known" if match.known else "unknown")
+        record = None
         if self.audit is not None:
             far = self.point(operating_point).far_target
-            await asyncio.to_thread(self.audit.identify_decision, match, self.embedder, far)
-        return match
+            record = await asyncio.to_thread(self.audit.identify_decision, match, self.embedder, far, list(images),
+                                             transaction_ref)
+        return match, Evidence.of(record)
 
     def _decided(self, kind: str, outcome: str) -> None:
         if self.metrics is not None:
@@ -119,7 +137,8 @@ class IdentityService:
 
     async def verify(self, probe: Loader, reference: Loader | None, identity_id: str | None,
                      operating_point: str, probe_face: int | None = None,
-                     reference_face: int | None = None) -> Decision:
+                     reference_face: int | None = None, images: Sequence[dict] = (),
+                     transaction_ref: str = "") -> Decision:
         """1:1. A probe (or reference photo) with several faces is refused unless the caller names the
         face: in a signing check a second person in the selfie is a warning sign, not a detail."""
         point = self.point(operating_point)
@@ -139,5 +158,7 @@ class IdentityService:
                             self.embedder, uuid.uuid4().hex)
         self._decided("verify", "match" if decision.match else "no_match")
         if self.audit is not None:
-            await asyncio.to_thread(self.audit.verify_decision, decision, identity_id)
+            record = await asyncio.to_thread(self.audit.verify_decision, decision, identity_id, list(images),
+                                             transaction_ref)
+            decision = dataclasses.replace(decision, evidence=Evidence.of(record))
         return decision

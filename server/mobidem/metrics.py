@@ -76,15 +76,22 @@ class _Quiet(WSGIRequestHandler):
         pass
 
 
-def serve_http(metrics: Metrics, host: str, port: int, ready: Callable[[], bool]) -> tuple[WSGIServer, int]:
+def serve_http(metrics: Metrics, host: str, port: int, ready: Callable[[], bool],
+               json_routes: dict[str, Callable[[], bytes]] | None = None) -> tuple[WSGIServer, int]:
     """/metrics (Prometheus), /healthz (liveness: the process answers) and /readyz (readiness:
-    Triton and the gallery are ready) on one port, in a daemon thread."""
+    Triton and the gallery are ready) on one port, in a daemon thread; ``json_routes``: more paths,
+    each answered with the JSON its function returns (the evidence keys' /.well-known/jwks.json)."""
     metrics_app = make_wsgi_app(metrics.registry)
+    json_routes = dict(json_routes or {})
 
     def app(environ, start_response):
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
             return metrics_app(environ, start_response)
+        if path in json_routes:
+            body = json_routes[path]()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
         if path == "/healthz":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok\n"]

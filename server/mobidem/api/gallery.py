@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mobidem.api import convert
-from mobidem.errors import InvalidArgument, NotFound
+from mobidem.errors import FailedPrecondition, InvalidArgument, NotFound
+from mobidem.evidence.records import MAX_TRANSACTION_REF, image_sha256
 from mobidem.gallery import Identity
 from mobidem.identity import IdentityService
 from mobidem.imaging import ImageLimits
@@ -47,6 +49,21 @@ def _optional(request, field: str) -> int | None:
     return getattr(request, field) if request.HasField(field) else None
 
 
+def _transaction_ref(request) -> str:
+    ref = request.transaction_ref
+    if len(ref) > MAX_TRANSACTION_REF:
+        raise InvalidArgument(f"transaction_ref is {len(ref)} characters long; at most {MAX_TRANSACTION_REF} are "
+                              f"accepted: send a digest of the document (e.g. its SHA-256 in hex), not the document")
+    return ref
+
+
+def _digests(**images: pb.Image) -> list[dict]:
+    """SHA-256 of each image as received (encoded bytes, or raw pixel data), for the evidence."""
+    return [{"role": role, "sha256": image_sha256(img.encoded if img.WhichOneof("source") == "encoded"
+                                                  else img.raw.data)}
+            for role, img in images.items() if img is not None]
+
+
 def _request_hash(request: pb.EnrollRequest) -> str:
     copy = pb.EnrollRequest()
     copy.CopyFrom(request)
@@ -55,10 +72,11 @@ def _request_hash(request: pb.EnrollRequest) -> str:
 
 
 class GalleryServicer(pb_grpc.GalleryServicer):
-    def __init__(self, identities: IdentityService, limits: ImageLimits):
+    def __init__(self, identities: IdentityService, limits: ImageLimits, jwks=None):
         self.identities = identities
         self.gallery = identities.gallery
         self.limits = limits
+        self.jwks = jwks  # () -> (JWK Set dict, active kid): the evidence keys; None: no evidence
 
     async def Enroll(self, request: pb.EnrollRequest, context) -> pb.EnrollResponse:
         bounded(request.identity_id, "identity_id")
@@ -114,17 +132,30 @@ class GalleryServicer(pb_grpc.GalleryServicer):
         if which is None:
             raise InvalidArgument("set the reference: image (1:1 against a photo) or identity_id")
         reference = convert.image_loader(request.image, self.limits, "image") if which == "image" else None
+        ref = _transaction_ref(request)
+        images = await asyncio.to_thread(_digests, probe=request.probe,
+                                         reference=request.image if which == "image" else None)
         d = await self.identities.verify(probe, reference, request.identity_id if which == "identity_id" else None,
                                          request.operating_point, _optional(request, "probe_face_index"),
-                                         _optional(request, "reference_face_index"))
+                                         _optional(request, "reference_face_index"), images, ref)
         return pb.VerifyResponse(match=d.match, distance=d.distance, threshold=d.threshold,
                                  operating_point=d.operating_point, far_target=d.far_target,
-                                 embedder=d.embedder, request_id=d.request_id)
+                                 embedder=d.embedder, request_id=d.request_id, evidence=d.evidence.jws,
+                                 evidence_record_id=d.evidence.record_id)
 
     async def Identify(self, request: pb.IdentifyRequest, context) -> pb.IdentifyResponse:
         bounded(request.operating_point, "operating_point", MAX_OPERATING_POINT)
         probe = convert.image_loader(request.probe, self.limits, "probe")
-        match = await self.identities.identify(probe, request.top_k or 5, request.operating_point,
-                                               _optional(request, "probe_face_index"))
+        ref = _transaction_ref(request)
+        images = await asyncio.to_thread(_digests, probe=request.probe)
+        match, evidence = await self.identities.identify(probe, request.top_k or 5, request.operating_point,
+                                                         _optional(request, "probe_face_index"), images, ref)
         return pb.IdentifyResponse(match=convert.match_pb(match), embedder=self.identities.embedder,
-                                   request_id=request_id.get())  # the audit record's request id
+                                   request_id=request_id.get(),  # the audit record's request id
+                                   evidence=evidence.jws, evidence_record_id=evidence.record_id)
+
+    async def GetEvidenceKeys(self, request: pb.GetEvidenceKeysRequest, context) -> pb.EvidenceKeys:
+        if self.jwks is None:
+            raise FailedPrecondition("this server signs no evidence (no evidence key is configured)")
+        jwks, kid = await asyncio.to_thread(self.jwks)
+        return pb.EvidenceKeys(jwks=json.dumps(jwks), active_kid=kid)

@@ -406,23 +406,25 @@ class DeleteIdentityResponse(_message.Message):
     def __init__(self, templates_deleted: _Optional[int] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("probe", "image", "identity_id", "operating_point", "probe_face_index", "reference_face_index")
+    __slots__ = ("probe", "image", "identity_id", "operating_point", "probe_face_index", "reference_face_index", "transaction_ref")
     PROBE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_ID_FIELD_NUMBER: _ClassVar[int]
     OPERATING_POINT_FIELD_NUMBER: _ClassVar[int]
     PROBE_FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_REF_FIELD_NUMBER: _ClassVar[int]
     probe: Image
     image: Image
     identity_id: str
     operating_point: str
     probe_face_index: int
     reference_face_index: int
-    def __init__(self, probe: _Optional[_Union[Image, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., identity_id: _Optional[str] = ..., operating_point: _Optional[str] = ..., probe_face_index: _Optional[int] = ..., reference_face_index: _Optional[int] = ...) -> None: ...
+    transaction_ref: str
+    def __init__(self, probe: _Optional[_Union[Image, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., identity_id: _Optional[str] = ..., operating_point: _Optional[str] = ..., probe_face_index: _Optional[int] = ..., reference_face_index: _Optional[int] = ..., transaction_ref: _Optional[str] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
-    __slots__ = ("match", "distance", "threshold", "operating_point", "far_target", "embedder", "request_id")
+    __slots__ = ("match", "distance", "threshold", "operating_point", "far_target", "embedder", "request_id", "evidence", "evidence_record_id")
     MATCH_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -430,6 +432,8 @@ class VerifyResponse(_message.Message):
     FAR_TARGET_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     match: bool
     distance: float
     threshold: float
@@ -437,26 +441,46 @@ class VerifyResponse(_message.Message):
     far_target: float
     embedder: str
     request_id: str
-    def __init__(self, match: _Optional[bool] = ..., distance: _Optional[float] = ..., threshold: _Optional[float] = ..., operating_point: _Optional[str] = ..., far_target: _Optional[float] = ..., embedder: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    evidence: str
+    evidence_record_id: str
+    def __init__(self, match: _Optional[bool] = ..., distance: _Optional[float] = ..., threshold: _Optional[float] = ..., operating_point: _Optional[str] = ..., far_target: _Optional[float] = ..., embedder: _Optional[str] = ..., request_id: _Optional[str] = ..., evidence: _Optional[str] = ..., evidence_record_id: _Optional[str] = ...) -> None: ...
 
 class IdentifyRequest(_message.Message):
-    __slots__ = ("probe", "top_k", "operating_point", "probe_face_index")
+    __slots__ = ("probe", "top_k", "operating_point", "probe_face_index", "transaction_ref")
     PROBE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     OPERATING_POINT_FIELD_NUMBER: _ClassVar[int]
     PROBE_FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_REF_FIELD_NUMBER: _ClassVar[int]
     probe: Image
     top_k: int
     operating_point: str
     probe_face_index: int
-    def __init__(self, probe: _Optional[_Union[Image, _Mapping]] = ..., top_k: _Optional[int] = ..., operating_point: _Optional[str] = ..., probe_face_index: _Optional[int] = ...) -> None: ...
+    transaction_ref: str
+    def __init__(self, probe: _Optional[_Union[Image, _Mapping]] = ..., top_k: _Optional[int] = ..., operating_point: _Optional[str] = ..., probe_face_index: _Optional[int] = ..., transaction_ref: _Optional[str] = ...) -> None: ...
 
 class IdentifyResponse(_message.Message):
-    __slots__ = ("match", "embedder", "request_id")
+    __slots__ = ("match", "embedder", "request_id", "evidence", "evidence_record_id")
     MATCH_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     match: IdentityMatch
     embedder: str
     request_id: str
-    def __init__(self, match: _Optional[_Union[IdentityMatch, _Mapping]] = ..., embedder: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    evidence: str
+    evidence_record_id: str
+    def __init__(self, match: _Optional[_Union[IdentityMatch, _Mapping]] = ..., embedder: _Optional[str] = ..., request_id: _Optional[str] = ..., evidence: _Optional[str] = ..., evidence_record_id: _Optional[str] = ...) -> None: ...
+
+class GetEvidenceKeysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class EvidenceKeys(_message.Message):
+    __slots__ = ("jwks", "active_kid")
+    JWKS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_KID_FIELD_NUMBER: _ClassVar[int]
+    jwks: str
+    active_kid: str
+    def __init__(self, jwks: _Optional[str] = ..., active_kid: _Optional[str] = ...) -> None: ...

@@ -186,6 +186,11 @@ class GalleryStub:
                 request_serializer=mobidem_dot_v1_dot_mobidem__pb2.IdentifyRequest.SerializeToString,
                 response_deserializer=mobidem_dot_v1_dot_mobidem__pb2.IdentifyResponse.FromString,
                 _registered_method=True)
+        self.GetEvidenceKeys = channel.unary_unary(
+                '/mobidem.v1.Gallery/GetEvidenceKeys',
+                request_serializer=mobidem_dot_v1_dot_mobidem__pb2.GetEvidenceKeysRequest.SerializeToString,
+                response_deserializer=mobidem_dot_v1_dot_mobidem__pb2.EvidenceKeys.FromString,
+                _registered_method=True)
 
 
 class GalleryServicer:
@@ -234,6 +239,13 @@ class GalleryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEvidenceKeys(self, request, context):
+        """The public keys that sign evidence and audit checkpoints (any valid API key may call it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GalleryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -271,6 +283,11 @@ def add_GalleryServicer_to_server(servicer, server):
                     servicer.Identify,
                     request_deserializer=mobidem_dot_v1_dot_mobidem__pb2.IdentifyRequest.FromString,
                     response_serializer=mobidem_dot_v1_dot_mobidem__pb2.IdentifyResponse.SerializeToString,
+            ),
+            'GetEvidenceKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEvidenceKeys,
+                    request_deserializer=mobidem_dot_v1_dot_mobidem__pb2.GetEvidenceKeysRequest.FromString,
+                    response_serializer=mobidem_dot_v1_dot_mobidem__pb2.EvidenceKeys.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -462,6 +479,33 @@ class Gallery:
             '/mobidem.v1.Gallery/Identify',
             mobidem_dot_v1_dot_mobidem__pb2.IdentifyRequest.SerializeToString,
             mobidem_dot_v1_dot_mobidem__pb2.IdentifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEvidenceKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobidem.v1.Gallery/GetEvidenceKeys',
+            mobidem_dot_v1_dot_mobidem__pb2.GetEvidenceKeysRequest.SerializeToString,
+            mobidem_dot_v1_dot_mobidem__pb2.EvidenceKeys.FromString,
             options,
             channel_credentials,
             insecure,
