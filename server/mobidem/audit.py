@@ -419,8 +419,9 @@ def check(path: str | Path, keys: dict | None = None) -> Report:
                                 f"to record {seq}")
                 break
             if prev_hash != prev:
-                problems.append(f"record {seq} does not follow record {seq - 1}: its prev_hash is not the hash of "
-                                f"record {seq - 1} (a record was inserted, deleted or reordered here)")
+                before = f"record {seq - 1}" if seq > 1 else "the start of the log"
+                problems.append(f"record {seq} does not follow {before}: its prev_hash is not the hash before it "
+                                f"(a record was inserted, deleted or reordered here)")
                 break
             if _hash(prev, record, token) != stored:
                 problems.append(f"record {seq} was edited: its hash does not match its contents")
