@@ -228,7 +228,7 @@ def _evidence(args) -> int:
             record = args.record
             if record == "-":
                 record = sys.stdin.read()
-            elif Path(record).is_file():
+            elif record.count(".") != 2 or "/" in record:  # not a compact JWS: a file holding one
                 record = Path(record).read_text()
             try:
                 claims = evidence_verify.evidence(record.strip(), trusted)
