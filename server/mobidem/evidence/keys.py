@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,6 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from mobidem.evidence.jws import b64url, b64url_decode, canonical, sign
+
+log = logging.getLogger(__name__)
 
 
 class KeyFileError(Exception):
@@ -141,7 +144,9 @@ class Signer:
     def load(cls, path: str | Path) -> "Signer":
         path = Path(path).expanduser()
         entries = _read(path)
-        if path.stat().st_mode & 0o077:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning("%s was mode %o; setting 0600 (it holds the evidence signing key)", path, mode)
             os.chmod(path, 0o600)
         active = entries[-1]
         if "d" not in active:
