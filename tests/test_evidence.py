@@ -307,8 +307,9 @@ def test_kill_9_during_a_burst_loses_no_acknowledged_decision(triton, tmp_path, 
         threads = [threading.Thread(target=burst) for _ in range(4)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 120
-        while len(acked) < 12 and time.monotonic() < deadline:
+        began = time.monotonic()
+        deadline = began + 120
+        while (len(acked) < 12 or time.monotonic() < began + 2) and time.monotonic() < deadline:
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)  # mid-burst: four calls in flight
         proc.wait(10)
@@ -320,6 +321,8 @@ def test_kill_9_during_a_burst_loses_no_acknowledged_decision(triton, tmp_path, 
         if proc.poll() is None:
             proc.kill()
     assert len(acked) >= 12
+    periodic = sqlite3.connect(data / "audit.db").execute("SELECT max(size) FROM checkpoints").fetchone()[0]
+    assert periodic > 0  # a checkpoint every 0.5 s during the burst (the start one covered 0 records)
     proc, target = spawn_server(triton.grpc_url, data, tmp_path / "serve2.log")
     try:
         with MobidemClient(target) as c:
