@@ -359,9 +359,14 @@ def check(path: str | Path, keys: dict | None = None) -> Report:
     path = Path(path)
     report = Report(path, signatures_checked=keys is not None)
     problems = report.problems
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
     try:
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.OperationalError:  # a WAL log copied without its -shm cannot be opened read-only
+            con.close()
+            con = sqlite3.connect(str(path), timeout=30.0)
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "audit" not in tables:
             problems.append(f"{path} holds no audit table: not a mobidem audit log")
             return report
