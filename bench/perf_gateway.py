@@ -57,7 +57,7 @@ class Gateway:
 
 
 # ------------------------------------------------------------------------------------------ streams
-def _one_stream(target, jpegs, drop_policy, max_in_flight, fps, barrier, out):
+def _one_stream(target, jpegs, drop_policy, max_in_flight, fps, barrier, out, tracking=None, tasks=()):
     from mobidem.client import MobidemClient
     from mobidem.v1 import mobidem_pb2 as pb
 
@@ -78,7 +78,11 @@ def _one_stream(target, jpegs, drop_policy, max_in_flight, fps, barrier, out):
         client.wait_ready()
         barrier.wait()
         rec["t0"] = time.perf_counter()
-        for r in client.stream(frames(), drop_policy=drop_policy, max_in_flight=max_in_flight):
+        # without a word about tracking: off, so that these figures keep meaning what they measured
+        # before tracking existed (bench/perf_tracking.py compares the two)
+        tracking = pb.TRACKING_OFF if tracking is None else tracking
+        for r in client.stream(frames(), drop_policy=drop_policy, max_in_flight=max_in_flight, tracking=tracking,
+                               tasks=tasks, fps=fps or 30.0):
             now = time.perf_counter()
             if r.status == pb.FrameResult.STATUS_OK:
                 rec["ok"] += 1
@@ -95,7 +99,7 @@ def _one_stream(target, jpegs, drop_policy, max_in_flight, fps, barrier, out):
 
 
 def streams(target: str, jpegs: list[bytes], n: int, drop_policy: int, max_in_flight: int = 0,
-            fps: float = 0.0, per_stream: int = 0) -> dict:
+            fps: float = 0.0, per_stream: int = 0, tracking: int | None = None, tasks=()) -> dict:
     """n concurrent streams, each sending ``per_stream`` consecutive frames of ``jpegs`` (all when 0),
     stream i starting i/n of the way into the video (wrapping), so that together they cover it;
     aggregate numbers."""
@@ -103,7 +107,8 @@ def streams(target: str, jpegs: list[bytes], n: int, drop_policy: int, max_in_fl
     out: list[dict] = []
     k = per_stream or len(jpegs)
     parts = [[jpegs[(i * len(jpegs) // n + j) % len(jpegs)] for j in range(k)] for i in range(n)]
-    threads = [threading.Thread(target=_one_stream, args=(target, parts[i], drop_policy, max_in_flight, fps, barrier, out))
+    threads = [threading.Thread(target=_one_stream, args=(target, parts[i], drop_policy, max_in_flight, fps, barrier, out,
+                                                          tracking, tasks))
                for i in range(n)]
     for t in threads:
         t.start()
