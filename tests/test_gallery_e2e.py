@@ -66,7 +66,7 @@ def test_identify_and_streams_decide_at_the_calibrated_threshold_of_the_requeste
                 assert abs(m.threshold - threshold) < 1e-6, (m.threshold, threshold)
                 assert m.known == (m.candidates[0].distance <= threshold), (photo.name, point, m)
             between += t3 < m.candidates[0].distance <= t2
-        for result in client.stream(probes, tasks=[pb.TASK_IDENTIFY]):
+        for result in client.stream(probes, tasks=[pb.TASK_IDENTIFY], tracking=pb.TRACKING_OFF):
             for face in result.faces:
                 assert abs(face.identity.threshold - t3) < 1e-6 and face.identity.operating_point == "far_1e-3"
                 if face.identity.candidates:

@@ -210,7 +210,7 @@ def test_stream_sequence_must_increase(client, faces):
 
 def test_bad_frame_fails_alone_and_the_stream_goes_on(client, faces):
     images = [jpeg(faces), b"garbage", jpeg(faces)]
-    results = list(client.stream(images))
+    results = list(client.stream(images, tracking=pb.TRACKING_OFF))  # unrelated photos, not a video
     assert [r.status for r in results] == [OK, pb.FrameResult.STATUS_FAILED, OK]
     assert results[1].error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "format not accepted" in results[1].error_message and "JPEG, PNG, WebP or HEIC" in results[1].error_message

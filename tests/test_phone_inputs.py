@@ -341,7 +341,7 @@ def test_a_plugin_exception_fails_that_frame_only(start_server, faulty_plugin, f
     photo = rgb_of(person_photos(faces, "barack_obama")[0])
     narrow = cv2.resize(photo, (321, int(photo.shape[0] * 321 / photo.shape[1])))
     with server.client() as c:
-        out = list(c.stream([photo, narrow, photo, narrow, photo]))
+        out = list(c.stream([photo, narrow, photo, narrow, photo], tracking=pb.TRACKING_OFF))
         assert [r.status for r in out] == [OK, FAILED, OK, FAILED, OK]
         assert all(r.error_code == grpc.StatusCode.INTERNAL.value[0] and "ref " in r.error_message
                    for r in out if r.status == FAILED)

@@ -207,7 +207,8 @@ def test_eye_openness_separates_open_from_closed_eyes(faces, with_mesh):
 
     rows = blink_rows(faces)
     with with_mesh.client() as client:
-        results = list(client.stream([faces / "blink" / r["path"] for r in rows], tasks=[pb.TASK_PLUGINS]))
+        results = list(client.stream([faces / "blink" / r["path"] for r in rows], tasks=[pb.TASK_PLUGINS],
+                                     tracking=pb.TRACKING_OFF))
     scores, labels, missed = [], [], []
     for row, result in zip(rows, results):
         assert result.status == pb.FrameResult.STATUS_OK, result.error_message
@@ -238,10 +239,12 @@ def _photos(faces: Path) -> list[Path]:
 
 
 def _enrol_and_stream(server, faces: Path):
+    from mobidem.v1 import mobidem_pb2 as pb
+
     with server.client() as client:
         person = sorted((faces / "identities").iterdir())[0].name
         client.enroll(person, [person_photos(faces, person)[0]], face_index=0)
-        return list(client.stream(_photos(faces)))
+        return list(client.stream(_photos(faces), tracking=pb.TRACKING_OFF))  # photos, not a video
 
 
 def _without_gallery_ids(face):
@@ -308,7 +311,7 @@ def test_detector_finds_every_identity_photo_face(faces, detector_servers, detec
     photos = sorted((faces / "identities").glob("*/*.jpg"))
     need(bool(photos), "no identity photos")
     with detector_servers[detector].client() as client:
-        results = list(client.stream(photos, tasks=[pb.TASK_DETECT]))
+        results = list(client.stream(photos, tasks=[pb.TASK_DETECT], tracking=pb.TRACKING_OFF))
     missed = [str(p.relative_to(faces)) for p, r in zip(photos, results) if not r.faces]
     print(f"\n{detector}: faces in {len(photos) - len(missed)} of {len(photos)} identity photos")
     assert all(r.status == pb.FrameResult.STATUS_OK for r in results)

@@ -77,7 +77,8 @@ def test_dropped_and_failed_frames_neither_block_nor_reorder_the_sections(policy
     statuses = {o.status for o in out}
     assert "failed" in statuses and ("dropped" in statuses) == (policy == DropPolicy.LATEST_FRAME_WINS)
     ok = [o.frame.sequence for o in out if o.status == "ok"]
-    assert entered == sorted(entered) and set(entered) == set(ok)
+    # a frame dropped while in progress may have been in the section already: every answered frame was
+    assert entered == sorted(entered) and set(ok) <= set(entered)
 
 
 # -- box association

@@ -48,6 +48,9 @@ class Settings:
     track_embed_every_s: float = setting(1.0, "tracked streams: ... and at least this often (capture time)")
     track_quality_gain: float = setting(1.25, "tracked streams: ... and when its quality beats the track's best "
                                               "embedded one by this factor")
+    track_detect_every_frames: int = setting(
+        5, "tracked streams: whole-image detection on every this many frames; in between each tracked face "
+           "is looked for near where it is expected (1: whole-image detection on every frame)")
     operating_point: str = setting("far_1e-3", "default operating point of the calibration (far_1e-3 | far_1e-2)")
     calibration: str = setting("", "calibration JSON (bench/accuracy.py writes it); empty: the one shipped")
     allow_uncalibrated_embedder: bool = setting(
@@ -104,7 +107,8 @@ class Settings:
 
         return TrackingConfig(iou_min=self.track_iou_min, lost_s=self.track_lost_s,
                               embed_every_frames=self.track_embed_every_frames,
-                              embed_every_s=self.track_embed_every_s, quality_gain=self.track_quality_gain)
+                              embed_every_s=self.track_embed_every_s, quality_gain=self.track_quality_gain,
+                              detect_every_frames=self.track_detect_every_frames)
 
     @property
     def face_plugin_names(self) -> list[str]:

@@ -98,6 +98,7 @@ class PipelineConfig:
 class FrameTracking(Protocol):
     """A tracked stream's part in one frame (mobidem.tracking.StreamTracks with the frame's Turn)."""
 
+    def plan_detection(self, t: float) -> np.ndarray | None: ...
     def assign(self, boxes: np.ndarray, qualities: list[float], t: float) -> list: ...
     def conclude(self, plans: list, faces: list[FaceResult]) -> None: ...
     def abandon(self, plans: list) -> None: ...
@@ -160,6 +161,22 @@ class Pipeline:
         smallest = max(self.config.min_face_px, min_face_size)
         return [d for d in found if min(d.width, d.height) >= smallest][: self.config.max_faces]
 
+    async def detect_near(self, image: np.ndarray, boxes: np.ndarray,
+                          min_face_size: int = 0) -> list[Detection] | None:
+        """The faces found near the expected ``boxes`` (a tracked stream between key frames), one per
+        face (two expected boxes that found the same face keep it once); None when one of them was
+        not found (the face left, turned away, or the scene changed): then the caller looks everywhere."""
+        found = await self.plugins.detector.detect_near(image, boxes, self)
+        if any(d is None for d in found):
+            return None
+        smallest = max(self.config.min_face_px, min_face_size)
+        found = sorted((d for d in found if min(d.width, d.height) >= smallest), key=lambda d: -d.score)
+        kept: list[Detection] = []
+        for d in found:
+            if all(_overlap(d.box, k.box) <= 0.5 for k in kept):
+                kept.append(d)
+        return kept[: self.config.max_faces]
+
     async def _face_fields(self, image: np.ndarray, detections: list[Detection], plugins: list[FacePlugin],
                            faces: list[FaceResult]) -> float:
         """Fill the plugins' fields into ``faces``; returns the seconds spent aligning chips."""
@@ -208,21 +225,30 @@ class Pipeline:
 
     async def analyze_tracked(self, load: Callable[[], np.ndarray], tasks: frozenset[Task], min_face_size: int,
                               tracking: FrameTracking, turn, when: float) -> Analysis:
-        """``analyze`` for a frame of a tracked stream: every face gets its track (ordered section 0 of
-        the stream's ``turn``), only the faces the tracker asks for are embedded, every face gets its
-        expression, and the track's identity is decided in order (section 1). ``when``: capture time, s."""
+        """``analyze`` for a frame of a tracked stream, in the ordered sections of the stream's ``turn``:
+        (0) the tracker says where to detect (the whole image, or near its faces) and every face gets
+        its track; then only the faces the tracker asks for are embedded, every face gets its
+        expression, and (1) the track's identity is decided. Decoding and the face models run
+        concurrently with other frames. ``when``: capture time, seconds."""
         t0 = time.perf_counter()
         decoded = Decoded.of(await self.run(load))
         image, scale = decoded.pixels, decoded.scale
         t1 = time.perf_counter()
-        detections = await self.detect(image, -(-min_face_size // scale))
-        t2 = time.perf_counter()
-        faces = [FaceResult(d.box * scale, d.keypoints * scale, float(d.score)) for d in detections]
-        chips, qualities = await self.run(_chips_and_quality, image, detections, [f.box for f in faces])
-        t3 = time.perf_counter()
         plans: list = []
         try:
+            # section 0, in stream order: where to look (the tracker's state after the previous frame),
+            # detection, and each face's track; deterministic for a given sequence of frames
             async with turn.section(0):
+                near = tracking.plan_detection(when) if self.plugins.detector.detects_near else None
+                detections = None
+                if near is not None:  # every tracked face found near where it was expected, or look everywhere
+                    detections = await self.detect_near(image, near / scale, -(-min_face_size // scale))
+                if detections is None:
+                    detections = await self.detect(image, -(-min_face_size // scale))
+                t2 = time.perf_counter()
+                faces = [FaceResult(d.box * scale, d.keypoints * scale, float(d.score)) for d in detections]
+                chips, qualities = await self.run(_chips_and_quality, image, detections, [f.box for f in faces])
+                t3 = time.perf_counter()
                 plans = tracking.assign(np.array([f.box for f in faces], np.float32).reshape(-1, 4), qualities, when)
             fresh = [i for i, p in enumerate(plans) if p.fresh]
             rest = [i for i, p in enumerate(plans) if not p.fresh]
@@ -312,6 +338,13 @@ def _scaled_points(value: Any, scale: int) -> Any:
     if isinstance(value, np.ndarray) and value.ndim == 2 and value.shape[1] == 2 and value.dtype.kind == "f":
         return value * scale
     return value
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
 
 
 def _chips_and_quality(image: np.ndarray, detections: list[Detection],

@@ -91,9 +91,16 @@ class Plugin:
 
 class DetectorPlugin(Plugin):
     kind = "detector"
+    # True when ``detect_near`` is implemented: tracked streams then run the whole-image ``detect``
+    # only on key frames and look for each tracked face near where it is expected in between
+    detects_near: ClassVar[bool] = False
 
     async def detect(self, image: np.ndarray, ctx: Context) -> list[Detection]:
         """Faces in an RGB uint8 image, best first."""
+        raise NotImplementedError
+
+    async def detect_near(self, image: np.ndarray, boxes: np.ndarray, ctx: Context) -> list[Detection | None]:
+        """For each expected face box [N, 4] (x0, y0, x1, y1), the face found near it, or None."""
         raise NotImplementedError
 
 

@@ -121,10 +121,54 @@ async def run_pass(image: np.ndarray, p: Pass, ctx: Context, factor: int | None 
     return [] if prepared is None else await _infer_decode(p, prepared, ctx)
 
 
+# Tracked faces between key frames: the short-range model on a square crop this many times the
+# expected box's longer side, centred on it (room for the face to have moved; the face then fills
+# about half of the model's input, the scale the short-range model is made for).
+NEAR_CONTEXT = 2.0
+NEAR_MIN_IOU = 0.2  # a face found in the crop continues the expected one when they overlap this much
+
+
+def near_regions(shape: tuple[int, ...], boxes: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Square crops around ``boxes`` (clipped to the image; never empty)."""
+    h, w = shape[:2]
+    out = []
+    for x0, y0, x1, y1 in np.asarray(boxes, np.float64).reshape(-1, 4):
+        side = NEAR_CONTEXT * max(x1 - x0, y1 - y0, 8.0)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        rx0, ry0 = int(max(0, min(w - 1, round(cx - side / 2)))), int(max(0, min(h - 1, round(cy - side / 2))))
+        rx1, ry1 = int(max(rx0 + 1, min(w, round(cx + side / 2)))), int(max(ry0 + 1, min(h, round(cy + side / 2))))
+        out.append((rx0, ry0, rx1, ry1))
+    return out
+
+
+def prepare_near(image: np.ndarray, boxes: np.ndarray, size: int):
+    regions = near_regions(image.shape, boxes)
+    boxed = [blazeface.letterbox_region(image, r, size) for r in regions]
+    return regions, np.stack([b for b, _ in boxed]), [lb for _, lb in boxed]
+
+
+def best_near(found: list[Detection], expected: np.ndarray) -> Detection | None:
+    """The most confident of ``found`` that overlaps the expected box enough, else None."""
+    best = None
+    for d in found:
+        if _iou(d.box, expected) >= NEAR_MIN_IOU and (best is None or d.score > best.score):
+            best = d
+    return best
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
 class BlazeFace(DetectorPlugin):
     """Short and full range together (tiles for large frames), merged by weighted NMS: the default."""
 
     name = "blazeface"
+    detects_near = True  # with the short-range model (both plugins that load it)
     passes: tuple[Pass, ...] = (SHORT_PASS, *FULL_PASSES)
     models = (_model(blazeface.SHORT_RANGE), _model(blazeface.FULL_RANGE))
 
@@ -148,6 +192,20 @@ class BlazeFace(DetectorPlugin):
             found = [Detection(box, score, kps) for box, score, kps in merged]
         return found
 
+    async def detect_near(self, image: np.ndarray, boxes: np.ndarray, ctx: Context) -> list[Detection | None]:
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        if not len(boxes):
+            return []
+        spec = SHORT_PASS.spec
+        regions, batch, lbs = await ctx.run(prepare_near, image, boxes, spec.input_size)
+        out = await ctx.infer(spec.name, {"image": batch}, ["regressors", "scores"])
+        results = []
+        for i, ((x0, y0, _, _), lb) in enumerate(zip(regions, lbs)):
+            found = [blazeface.shifted(d, x0, y0) for d in blazeface.decode(
+                out["regressors"][i], out["scores"][i], spec, lb, score_threshold=SHORT_PASS.score_threshold)]
+            results.append(best_near(found, boxes[i]))
+        return results
+
 
 class BlazeFaceShort(BlazeFace):
     """Short range only (selfie distance, faces filling much of the frame)."""
@@ -161,5 +219,6 @@ class BlazeFaceFull(BlazeFace):
     """Full range only, on the whole frame and on tiles of large frames (faces far from the camera)."""
 
     name = "blazeface_full"
+    detects_near = False  # it does not load the short-range model
     passes = FULL_PASSES
     models = (_model(blazeface.FULL_RANGE),)

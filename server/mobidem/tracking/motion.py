@@ -78,6 +78,12 @@ class _BoxFilter:
         self.t = t
         return _box(self.kf.predict().ravel())
 
+    def peek(self, t: float) -> np.ndarray:
+        """The box expected at time ``t``, without advancing the filter."""
+        state = self.kf.statePost.ravel()
+        dt = max(0.0, t - self.t)
+        return _box(np.concatenate([state[:4] + state[4:] * dt]))
+
     def correct(self, box: np.ndarray) -> None:
         size = float(max(_state(box)[2:4].max(), 8.0))
         self.kf.measurementNoiseCov = np.eye(4, dtype=np.float32) * (0.04 * size) ** 2
@@ -114,6 +120,12 @@ class BoxTracker:
         self.tracks: list[MotionTrack] = []
         self.now = float("-inf")
         self._next_key = 1
+
+    def expected(self, t: float, within_s: float) -> np.ndarray:
+        """Where the tracks seen in the last ``within_s`` seconds are expected at time ``t`` [N, 4]."""
+        t = max(t, self.now)
+        live = [tr for tr in self.tracks if t - tr.last_seen <= within_s]
+        return np.array([tr.filter.peek(t) for tr in live], np.float32).reshape(-1, 4)
 
     def update(self, boxes: np.ndarray, t: float) -> tuple[list[Assignment], list[MotionTrack]]:
         """Assign this frame's boxes [N, 4]; returns one Assignment per box and the tracks that ended."""

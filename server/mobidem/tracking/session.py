@@ -3,7 +3,11 @@
 The pipeline calls, for every frame of a tracked stream and in the stream's order (ordered
 sections, mobidem.streaming.Turn):
 
-1. ``assign`` (after detection): each face gets its track, and a plan says whether it is embedded
+0. ``plan_detection`` (before detection): on a key frame (every ``detect_every_frames``-th, and
+   whenever no face is tracked) the detector looks at the whole image; in between it only looks
+   for each tracked face near where its track expects it (when the detector can), and everywhere
+   when one of them is not found there; a new face is found within ``detect_every_frames`` frames;
+1. ``assign`` (after detection, in the same section): each face gets its track, and a plan says whether it is embedded
    in this frame (fresh) or only gets the cheap per-frame fields (expression);
 2. ``conclude`` (after the face models): fresh embeddings join their track, the track's identity is
    decided from its embeddings, and the smoothed expression is updated;
@@ -41,6 +45,7 @@ class TrackingConfig:
     quality_margin: float = 0.05  # ... plus this much (tiny qualities are noise)
     max_embeddings: int = 8  # the best embeddings (by quality) a track's identity is decided from
     expression_alpha: float = 0.35  # weight of the newest frame in the smoothed expression
+    detect_every_frames: int = 5  # whole-image detection on every this many frames (1: on every frame)
 
 
 class Matcher(Protocol):
@@ -93,6 +98,15 @@ class StreamTracks:
         self.boxes = BoxTracker(config.iou_min, config.lost_s)
         self.tracks: dict[int, Track] = {}  # by motion key
         self._next_id = 1
+        self.frames = 0  # frames planned
+
+    def plan_detection(self, t: float) -> np.ndarray | None:
+        """None: detect on the whole image; else the boxes [N, 4] to look near (a non-key frame)."""
+        self.frames += 1
+        if self.config.detect_every_frames <= 1 or (self.frames - 1) % self.config.detect_every_frames == 0:
+            return None
+        expected = self.boxes.expected(t, self.boxes.reacquire_s)  # the faces seen just before
+        return expected if len(expected) else None
 
     def _new_id(self) -> int:
         self._next_id += 1
