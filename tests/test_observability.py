@@ -42,7 +42,7 @@ def test_counters_and_histograms_move_by_exactly_the_stream(faces, server):
     frames.insert(10, b"not an image")
     before = scrape(server.server.metrics_port)
     with server.client() as client:
-        results = list(client.stream(frames))
+        results = list(client.stream(frames, tracking=pb.TRACKING_OFF))  # every face embedded in every frame
     after = scrape(server.server.metrics_port)
     d = lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)  # noqa: E731
     ok = [r for r in results if r.status == pb.FrameResult.STATUS_OK]
@@ -62,6 +62,26 @@ def test_counters_and_histograms_move_by_exactly_the_stream(faces, server):
     assert d("mobidem_triton_request_batch_size_count", model="face_multitask") == with_faces
     assert d("mobidem_triton_request_batch_size_sum", model="face_multitask") == sum(len(r.faces) for r in ok)
     assert value(after, "mobidem_frames_in_flight") == 0 and value(after, "mobidem_active_streams") == 0
+
+
+def test_tracking_counters_move_by_exactly_the_stream(faces, server):
+    """With tracking on: every face is either embedded (fresh) or not (skipped), the embedder's batches
+    hold exactly the fresh faces and the expression model's exactly the others."""
+    frames = [to_image(f).encoded for f in video_frames(str(faces / "videos" / "short_hamilton_clip.mp4"), 60)]
+    before = scrape(server.server.metrics_port)
+    with server.client() as client:
+        results = list(client.stream(frames, tracking=pb.TRACKING_ON, fps=30))
+    after = scrape(server.server.metrics_port)
+    d = lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)  # noqa: E731
+    faces_ = [f for r in results for f in r.faces]
+    fresh = sum(f.fresh_embedding for f in faces_)
+    assert fresh and len(faces_) - fresh  # both kinds happened
+    assert d("mobidem_track_embeddings_fresh_total") == fresh
+    assert d("mobidem_track_embeddings_skipped_total") == len(faces_) - fresh
+    assert d("mobidem_triton_request_batch_size_sum", model="face_multitask") == fresh
+    assert d("mobidem_triton_request_batch_size_sum", model="fer_xception") == len(faces_) - fresh
+    # every track id issued (new tracks and splits) is in the results of the frame that issued it
+    assert d("mobidem_tracks_started_total") == len({f.track_id for f in faces_}) > 0
 
 
 def test_grpc_errors_and_decisions_are_counted(faces, server):
