@@ -56,6 +56,8 @@ class MobidemServer:
         self.metrics = Metrics()
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.web = None  # mobidem.web.WebServer when web_listen is set
+        self.web_port: int | None = None
         self.ready = False
         self._http = None
         self._monitor: asyncio.Task | None = None
@@ -124,11 +126,11 @@ class MobidemServer:
                    ("grpc.max_send_message_length", 64 * 1024 * 1024)]
         interceptors = [ObservingInterceptor(self.metrics), api_auth.from_settings(s)]  # auth errors mapped too
         self.server = grpc.aio.server(interceptors=interceptors, options=options)
-        mobidem_pb2_grpc.add_FaceAnalysisServicer_to_server(
-            FaceAnalysisServicer(self.pipeline, limits, s.default_in_flight, s.max_in_flight, self.stats,
-                                 self.metrics, s.max_streams_per_client, s.default_in_flight_latest,
-                                 max_streams=s.max_streams, idle_timeout_s=s.stream_idle_timeout_s,
-                                 tracking=s.tracking()), self.server)
+        analysis = FaceAnalysisServicer(self.pipeline, limits, s.default_in_flight, s.max_in_flight, self.stats,
+                                        self.metrics, s.max_streams_per_client, s.default_in_flight_latest,
+                                        max_streams=s.max_streams, idle_timeout_s=s.stream_idle_timeout_s,
+                                        tracking=s.tracking())
+        mobidem_pb2_grpc.add_FaceAnalysisServicer_to_server(analysis, self.server)
         mobidem_pb2_grpc.add_GalleryServicer_to_server(
             GalleryServicer(self.identities, limits, jwks=lambda: (signer.jwks(), signer.kid)), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -144,6 +146,12 @@ class MobidemServer:
             jwks = {"/.well-known/jwks.json": lambda: json.dumps(signer.jwks()).encode()}
             self._http, self.metrics_port = serve_http(self.metrics, host or "127.0.0.1", int(port), lambda: self.ready,
                                                        json_routes=jwks)
+        if s.web_listen:  # the web page's streams go through the same servicer (docs/WEB.md)
+            from mobidem.web import WebServer
+
+            self.web = WebServer(s, analysis, interceptors[1])
+            self.web_port = await self.web.start()
+            log.info("live view on %s", self.web.url)
         await self._set_ready(True)
         self._monitor = asyncio.ensure_future(self._watch_triton())
         self._housekeeping = asyncio.ensure_future(self._purge_idempotency())
@@ -283,6 +291,8 @@ class MobidemServer:
         self.ready = False
         for service in ("", *SERVICES):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.web is not None:  # its sockets close first: their streams run on the gRPC servicer
+            await self.web.stop()
         if self.server is not None:
             await self.server.stop(grace)
         if self._http is not None:
@@ -345,6 +355,8 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     try:
         await server.start()
         print(f"mobidem: serving on {settings.listen}", flush=True)
+        if server.web is not None:
+            print(f"mobidem: live view on {server.web.url}", flush=True)
         if ready is not None:
             ready.set()
         await stop.wait()

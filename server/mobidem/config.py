@@ -101,6 +101,13 @@ class Settings:
                                             "by `mobidem audit purge`), leaving a signed purge record; 0: kept")
     audit_witness: str = setting("", "module:function countersigning each checkpoint (an RFC 3161 time-stamp or "
                                      "witness client; docs/SECURITY.md); empty: none")
+    # the web page (docs/WEB.md)
+    web_listen: str = setting("", "live-view web page and its WebSocket (host:port): HTTPS with tls_cert/tls_key, "
+                                  "plain HTTP only on loopback; empty: off")
+    web_max_fps: float = setting(15.0, "frames a second one web page may send; more are answered DROPPED, "
+                                       "unprocessed (0: no bound)")
+    web_max_message_bytes: int = setting(4 * 1024 * 1024, "largest WebSocket message (one JPEG frame) from a web "
+                                                          "page; a larger one closes the socket (code 1009)")
 
     def tracking(self):
         from mobidem.tracking import TrackingConfig
