@@ -16,9 +16,11 @@ test: setup $(VENV)/.installed-test test-system-deps models check-protos
 
 setup: system-deps $(VENV)/.installed
 
-# Not one of the two fresh-machine commands: regenerates docs/PERFORMANCE.md (about 18 minutes on 2 cores).
+# Not one of the two fresh-machine commands: regenerates docs/PERFORMANCE.md (about 18 minutes on 2 cores)
+# and docs/PERFORMANCE_TRACKING.md (about 15 more).
 bench: setup $(VENV)/.installed-test $(VENV)/.installed-bench bench-system-deps models
 	$(PY) bench/run.py
+	$(PY) bench/perf_tracking.py
 
 # The Triton Python backend stub links libpython3.11 from Debian.
 system-deps:

@@ -568,6 +568,11 @@ def render(res: dict) -> str:
           "Analyze latency and gateway peak memory from 640x360 to 48 MP and 4K streams, with the detector's size cap",
           "against tiles over the full image, side by side: `docs/PERFORMANCE_PHONE.md` "
           "(`.venv/bin/python bench/perf_phone.py`, about 2 minutes; a separate run, not part of `make bench`).", ""]
+    L += ["## 7. Tracking", "",
+          "The figures above are streams with tracking off (every face embedded in every frame, as before "
+          "tracking existed). Tracking on against off, side by side at 8 streams, with a profile and one "
+          "stream through `mobidem stream`: `docs/PERFORMANCE_TRACKING.md` (`.venv/bin/python "
+          "bench/perf_tracking.py`, which `make bench` runs after this).", ""]
     return "\n".join(L) + "\n"
 
 
