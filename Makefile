@@ -30,12 +30,18 @@ system-deps:
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq libpython3.11 >/dev/null; fi; \
 	fi
 
-# The observability tests run a real Prometheus (and promtool) from Debian.
+# The observability tests run a real Prometheus (and promtool) from Debian; the web page tests a real
+# headless Chromium driven through Debian's chromium-driver (tests/test_web.py).
 test-system-deps:
 	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
 	  echo "installing Debian's prometheus (for the observability tests)"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
 	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; fi; \
+	fi
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  echo "installing Debian's chromium and chromium-driver (for the web page tests)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; fi; \
 	fi
 
 # The server, the model build's weight distributions, the demo's photo and the face-mesh plugin.
