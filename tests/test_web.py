@@ -241,11 +241,15 @@ def test_camera_denied_is_said_plainly(web, browser, tmp_path):
 def test_unreachable_server_is_said_plainly(start_server, browser, hamilton_y4m, tmp_path):
     server = start_server(web_listen="127.0.0.1:0")
     driver = browser(*camera_flags(hamilton_y4m))
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",  # a phone's narrow screen
+                           {"width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": True})
     driver.get(server.server.web.url)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and "Live" not in text(driver, "status"):
         time.sleep(0.1)
     assert "Live" in text(driver, "status"), text(driver, "status")
+    width, scroll = driver.execute_script("return [window.innerWidth, document.documentElement.scrollWidth]")
+    assert width <= 400 and scroll <= width, "the page fits a narrow phone screen without sideways scrolling"
     server.call(server.server.web.stop())  # the listener goes away under the open page
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and "Cannot reach" not in text(driver, "status"):

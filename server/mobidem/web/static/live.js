@@ -113,6 +113,7 @@ function showStats() {
 function clearView() {
   overlay.getContext("2d").clearRect(0, 0, overlay.width, overlay.height);
   facesList.replaceChildren();
+  frameEl.textContent = "–";
   fpsEl.textContent = "–";
   latencyEl.textContent = "–";
   answered.length = 0;
