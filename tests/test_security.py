@@ -21,7 +21,7 @@ from mobidem.gallery.crypto import TemplateKeyError, new_key_text, parse_key
 from mobidem.v1 import mobidem_pb2 as pb
 from mobidem.v1 import mobidem_pb2_grpc as pb_grpc
 
-ROLES = ("stream", "analyze", "verify", "admin")
+ROLES = ("stream", "analyze", "verify", "liveness", "admin")
 
 
 def code_of(call) -> grpc.StatusCode:
@@ -64,7 +64,7 @@ def secured(start_server, keys, photos):
 
 def calls(stubs, photos):
     """One call per protected RPC: name -> f(metadata) that raises grpc.RpcError or returns."""
-    analysis, gallery = stubs
+    analysis, gallery, liveness = stubs
     image = pb.Image(encoded=photos["a"].read_bytes())
 
     def stream(md):
@@ -91,6 +91,9 @@ def calls(stubs, photos):
             iter([pb.EnrollRequest(display_name="x")]), metadata=md, timeout=60),
         "/mobidem.v1.Gallery/DeleteIdentity": lambda md: gallery.DeleteIdentity(
             pb.DeleteIdentityRequest(identity_id="nobody"), metadata=md, timeout=60),
+        # a ceremony naming an identity that does not exist: NOT_FOUND for the right role, changing nothing
+        "/mobidem.v1.Liveness/Ceremony": lambda md: list(liveness.Ceremony(
+            iter([pb.LivenessRequest(options=pb.LivenessOptions(identity_id="nobody"))]), metadata=md, timeout=60)),
     }
 
 
@@ -98,7 +101,7 @@ def calls(stubs, photos):
 def stubs(secured):
     server = secured[0]
     channel = grpc.insecure_channel(server.target)
-    yield pb_grpc.FaceAnalysisStub(channel), pb_grpc.GalleryStub(channel), channel
+    yield pb_grpc.FaceAnalysisStub(channel), pb_grpc.GalleryStub(channel), pb_grpc.LivenessStub(channel), channel
     channel.close()
 
 
@@ -114,6 +117,7 @@ POLICY = {
     "/mobidem.v1.Gallery/DeleteIdentity": "admin",
     "/mobidem.v1.Gallery/ListIdentities": "admin",
     "/mobidem.v1.Gallery/GetEvidenceKeys": "*",
+    "/mobidem.v1.Liveness/Ceremony": "liveness",
 }
 
 
@@ -137,7 +141,7 @@ def test_keys_file_holds_no_plaintext_key(keys):
 
 
 def test_without_credentials_every_protected_rpc_is_unauthenticated(stubs, photos):
-    for method, call in calls(stubs[:2], photos).items():
+    for method, call in calls(stubs[:3], photos).items():
         for md in ((), (("x-api-key", "mbk_not-a-key"),), (("authorization", "Bearer mbk_not-a-key"),),
                    (("authorization", "Basic dXNlcjpwdw=="),)):
             err = error_of(lambda: call(md))
@@ -148,7 +152,7 @@ def test_without_credentials_every_protected_rpc_is_unauthenticated(stubs, photo
 
 def test_wrong_role_is_permission_denied_and_the_right_role_passes(secured, stubs, photos):
     _, made, _ = secured
-    for method, call in calls(stubs[:2], photos).items():
+    for method, call in calls(stubs[:3], photos).items():
         need = POLICY[method]
         for role, key in made.items():
             md = (("x-api-key", key),)
@@ -198,7 +202,7 @@ def _reflect(channel, md=()):
 
 
 def test_health_exempt_and_reflection_not_by_default(secured, stubs):
-    channel, key = stubs[2], secured[1]["stream"]
+    channel, key = stubs[3], secured[1]["stream"]
     assert _health(channel).status == health_pb2.HealthCheckResponse.SERVING
     assert code_of(lambda: _reflect(channel)) == grpc.StatusCode.UNAUTHENTICATED
     assert "mobidem.v1.Gallery" in _reflect(channel, [("x-api-key", key)])  # any valid key

@@ -43,7 +43,7 @@ from mobidem.v1 import mobidem_pb2, mobidem_pb2_grpc
 log = logging.getLogger(__name__)
 
 DEFAULT_CALIBRATION = Path(__file__).resolve().parent / "data" / "calibration.json"
-SERVICES = ("mobidem.v1.FaceAnalysis", "mobidem.v1.Gallery")
+SERVICES = ("mobidem.v1.FaceAnalysis", "mobidem.v1.Gallery", "mobidem.v1.Liveness")
 
 
 class MobidemServer:
@@ -63,6 +63,22 @@ class MobidemServer:
         self._monitor: asyncio.Task | None = None
         self._housekeeping: asyncio.Task | None = None
         self._audit_housekeeping: asyncio.Task | None = None
+
+    def _liveness(self, s: Settings, limits: ImageLimits):
+        """The liveness ceremony's servicer (docs/LIVENESS.md), its rules read from the settings."""
+        from mobidem.api.liveness import LivenessServicer
+        from mobidem.liveness.decision import Rules
+        from mobidem.liveness.limits import FailureLimiter
+
+        if s.liveness_test_mode:
+            log.warning("LIVENESS TEST MODE IS ON (liveness_test_mode): clients may fix the challenge sequence "
+                        "with a seed, so ceremonies can be replayed; never run this in production")
+        rules = Rules(window_s=s.liveness_window_s, neutral_window_s=s.liveness_neutral_window_s,
+                      min_face_px=s.liveness_min_face_px)
+        return LivenessServicer(self.pipeline, self.identities, limits, rules, s.liveness_challenges, s.tracking(),
+                                test_mode=s.liveness_test_mode,
+                                limiter=FailureLimiter(s.liveness_max_failures, s.liveness_failure_window_s),
+                                clock_slack_s=s.liveness_clock_slack_s)
 
     async def start(self) -> "MobidemServer":
         s = self.settings
@@ -133,6 +149,7 @@ class MobidemServer:
         mobidem_pb2_grpc.add_FaceAnalysisServicer_to_server(analysis, self.server)
         mobidem_pb2_grpc.add_GalleryServicer_to_server(
             GalleryServicer(self.identities, limits, jwks=lambda: (signer.jwks(), signer.kid)), self.server)
+        mobidem_pb2_grpc.add_LivenessServicer_to_server(self._liveness(s, limits), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [mobidem_pb2.DESCRIPTOR.services_by_name[n.split(".")[-1]].full_name for n in SERVICES]
         reflection.enable_server_reflection([*names, "grpc.health.v1.Health", reflection.SERVICE_NAME], self.server)

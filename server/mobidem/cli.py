@@ -345,6 +345,16 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--no-tracking", action="store_true",
                     help="analyse every frame on its own (every face embedded in every frame)")
     st.add_argument("--no-progress", action="store_true")
+    lv = client_parser("liveness", "run a liveness ceremony from a camera or a video: follow the prompts; "
+                                   "exit 0 on PASS, 1 on FAIL (docs/LIVENESS.md)", _liveness)
+    lv.add_argument("video", nargs="?", help="a video file (played on its own timeline) instead of --camera")
+    lv.add_argument("--camera", type=int, help="camera index")
+    ref = lv.add_mutually_exclusive_group()
+    ref.add_argument("--identity-id", default="", help="also 1:1 against this enrolled identity")
+    ref.add_argument("--reference", help="also 1:1 against this photo (e.g. the ID document's)")
+    lv.add_argument("--operating-point", default="")
+    lv.add_argument("--test-seed", type=int, help="fixed challenges (only a server in liveness_test_mode accepts it)")
+    lv.add_argument("--show", action="store_true", help="show the preview and the prompt in a window")
     e = client_parser("enroll", "enrol a person from one or more photos", _enroll)
     e.add_argument("name")
     e.add_argument("images", nargs="+")
@@ -372,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     ks = k.add_subparsers(dest="keys_command", required=True)
     ka = ks.add_parser("add", help="make a key, store its hash, print it once")
     ka.add_argument("name")
-    ka.add_argument("--roles", required=True, help="comma-separated: stream, analyze, verify, admin")
+    ka.add_argument("--roles", required=True, help="comma-separated: stream, analyze, verify, liveness, admin")
     ka.add_argument("--file", required=True, help="the keys file (setting api_keys_file)")
     kr = ks.add_parser("remove", help="revoke a key")
     kr.add_argument("name")
@@ -422,6 +432,58 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--frames", type=int, default=0, help="at most this many frames per clip (default: all)")
     d.set_defaults(func=_demo)
     return parser
+
+
+def _liveness(args) -> int:
+    """A ceremony as a client: prompts printed (and drawn with --show), the outcome printed; 0 on PASS."""
+    from mobidem.client import video_fps, video_frames
+    from mobidem.liveness.client import ceremony, live, timed
+    from mobidem.v1 import mobidem_pb2 as pb
+
+    if (args.video is None) == (args.camera is None):
+        raise SystemExit("mobidem liveness: give a VIDEO file or --camera N")
+    frames = video_frames(args.camera if args.camera is not None else args.video)
+    if args.show:
+        frames = _shown(frames)
+    stamped = live(frames) if args.camera is not None else timed(frames, video_fps(args.video) or 30.0)
+    reference = Path(args.reference).read_bytes() if args.reference else None
+
+    def prompt(p):
+        print(f"[{p.index + 1}/{p.count}] {p.text} (within {p.window_s:g} s)", flush=True)
+        _SHOWN["text"] = p.text
+
+    with _client(args) as client:
+        _, outcome = ceremony(client.liveness, stamped, args.identity_id, reference, args.test_seed,
+                              args.operating_point, timeout=300, on_prompt=prompt)
+    if outcome is None:
+        print("no outcome: the server ended the ceremony", file=sys.stderr)
+        return 1
+    print(pb.LivenessOutcome.Decision.Name(outcome.decision).removeprefix("DECISION_"),
+          f"score {outcome.score:.2f}, {outcome.frames} frames, {outcome.duration_s:.1f} s")
+    for t in outcome.challenges:
+        state = f"done at {t.completed_s:.2f} s" if t.completed else "not done"
+        print(f"  {pb.Challenge.Name(t.challenge).removeprefix('CHALLENGE_').lower()}: from {t.started_s:.2f} s, {state}")
+    for reason in outcome.reasons:
+        print(f"  reason: {reason}")
+    if outcome.verified:
+        print(f"  1:1 {'match' if outcome.match else 'NO match'}: distance {outcome.distance:.3f} "
+              f"(threshold {outcome.threshold:.3f}, {outcome.operating_point})")
+    return 0 if outcome.decision == pb.LivenessOutcome.DECISION_PASS else 1
+
+
+_SHOWN = {"text": ""}
+
+
+def _shown(frames):
+    """Frames passed through, each shown in a window with the current prompt (--show)."""
+    import cv2
+
+    for frame in frames:
+        view = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+        cv2.putText(view, _SHOWN["text"], (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (0, 255, 0), 2)
+        cv2.imshow("mobidem liveness", view)
+        cv2.waitKey(1)
+        yield frame
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -128,6 +128,7 @@ class MobidemClient:
         calls = grpc.intercept_channel(self.channel, _ApiKey(api_key)) if api_key else self.channel
         self.analysis = pb_grpc.FaceAnalysisStub(calls)
         self.gallery = pb_grpc.GalleryStub(calls)
+        self.liveness = pb_grpc.LivenessStub(calls)  # mobidem.liveness.client runs ceremonies on it
         self.timeout = timeout
 
     def close(self) -> None:

@@ -109,6 +109,20 @@ class Settings:
     web_max_message_bytes: int = setting(4 * 1024 * 1024, "largest WebSocket message (one JPEG frame) from a web "
                                                           "page; a larger one closes the socket (code 1009)")
 
+    # liveness ceremonies (docs/LIVENESS.md)
+    liveness_challenges: int = setting(3, "challenges per liveness ceremony (drawn from blink, turn left/right, "
+                                          "look up, smile, open mouth)")
+    liveness_window_s: float = setting(6.0, "capture-time seconds a person has to complete each challenge")
+    liveness_neutral_window_s: float = setting(4.0, "seconds to return to neutral between challenges")
+    liveness_min_face_px: float = setting(80.0, "smallest face (shorter box side, pixels) a ceremony accepts")
+    liveness_max_failures: int = setting(5, "failed ceremonies per API key and per identity within "
+                                            "liveness_failure_window_s, then RESOURCE_EXHAUSTED (0: no limit)")
+    liveness_failure_window_s: float = setting(180.0, "the window of liveness_max_failures, seconds")
+    liveness_clock_slack_s: float = setting(1.0, "how far a ceremony's capture times may run ahead of the "
+                                                 "server's clock (frames sent faster than captured)")
+    liveness_test_mode: bool = setting(False, "TESTS ONLY: accept LivenessOptions.test_seed (a known challenge "
+                                              "sequence, no clock check); never in production")
+
     def tracking(self):
         from mobidem.tracking import TrackingConfig
 

@@ -38,6 +38,16 @@ class Tracking(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRACKING_UNSPECIFIED: _ClassVar[Tracking]
     TRACKING_ON: _ClassVar[Tracking]
     TRACKING_OFF: _ClassVar[Tracking]
+
+class Challenge(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHALLENGE_UNSPECIFIED: _ClassVar[Challenge]
+    CHALLENGE_BLINK: _ClassVar[Challenge]
+    CHALLENGE_TURN_LEFT: _ClassVar[Challenge]
+    CHALLENGE_TURN_RIGHT: _ClassVar[Challenge]
+    CHALLENGE_LOOK_UP: _ClassVar[Challenge]
+    CHALLENGE_SMILE: _ClassVar[Challenge]
+    CHALLENGE_OPEN_MOUTH: _ClassVar[Challenge]
 PIXEL_FORMAT_UNSPECIFIED: PixelFormat
 PIXEL_FORMAT_RGB8: PixelFormat
 PIXEL_FORMAT_BGR8: PixelFormat
@@ -55,6 +65,13 @@ DROP_POLICY_LATEST_FRAME_WINS: DropPolicy
 TRACKING_UNSPECIFIED: Tracking
 TRACKING_ON: Tracking
 TRACKING_OFF: Tracking
+CHALLENGE_UNSPECIFIED: Challenge
+CHALLENGE_BLINK: Challenge
+CHALLENGE_TURN_LEFT: Challenge
+CHALLENGE_TURN_RIGHT: Challenge
+CHALLENGE_LOOK_UP: Challenge
+CHALLENGE_SMILE: Challenge
+CHALLENGE_OPEN_MOUTH: Challenge
 
 class RawImage(_message.Message):
     __slots__ = ("width", "height", "format", "stride", "data")
@@ -484,3 +501,97 @@ class EvidenceKeys(_message.Message):
     jwks: str
     active_kid: str
     def __init__(self, jwks: _Optional[str] = ..., active_kid: _Optional[str] = ...) -> None: ...
+
+class LivenessOptions(_message.Message):
+    __slots__ = ("identity_id", "reference_image", "operating_point", "test_seed")
+    IDENTITY_ID_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    OPERATING_POINT_FIELD_NUMBER: _ClassVar[int]
+    TEST_SEED_FIELD_NUMBER: _ClassVar[int]
+    identity_id: str
+    reference_image: Image
+    operating_point: str
+    test_seed: int
+    def __init__(self, identity_id: _Optional[str] = ..., reference_image: _Optional[_Union[Image, _Mapping]] = ..., operating_point: _Optional[str] = ..., test_seed: _Optional[int] = ...) -> None: ...
+
+class LivenessRequest(_message.Message):
+    __slots__ = ("options", "frame")
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    options: LivenessOptions
+    frame: Frame
+    def __init__(self, options: _Optional[_Union[LivenessOptions, _Mapping]] = ..., frame: _Optional[_Union[Frame, _Mapping]] = ...) -> None: ...
+
+class ChallengePrompt(_message.Message):
+    __slots__ = ("index", "count", "challenge", "text", "window_s", "ceremony_id")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    CEREMONY_ID_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    count: int
+    challenge: Challenge
+    text: str
+    window_s: float
+    ceremony_id: str
+    def __init__(self, index: _Optional[int] = ..., count: _Optional[int] = ..., challenge: _Optional[_Union[Challenge, str]] = ..., text: _Optional[str] = ..., window_s: _Optional[float] = ..., ceremony_id: _Optional[str] = ...) -> None: ...
+
+class ChallengeTiming(_message.Message):
+    __slots__ = ("challenge", "completed", "started_s", "completed_s", "window_s")
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    STARTED_S_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_S_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    challenge: Challenge
+    completed: bool
+    started_s: float
+    completed_s: float
+    window_s: float
+    def __init__(self, challenge: _Optional[_Union[Challenge, str]] = ..., completed: _Optional[bool] = ..., started_s: _Optional[float] = ..., completed_s: _Optional[float] = ..., window_s: _Optional[float] = ...) -> None: ...
+
+class LivenessOutcome(_message.Message):
+    __slots__ = ("decision", "reasons", "challenges", "score", "ceremony_id", "frames", "duration_s", "verified", "match", "distance", "threshold", "operating_point")
+    class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        DECISION_UNSPECIFIED: _ClassVar[LivenessOutcome.Decision]
+        DECISION_PASS: _ClassVar[LivenessOutcome.Decision]
+        DECISION_FAIL: _ClassVar[LivenessOutcome.Decision]
+    DECISION_UNSPECIFIED: LivenessOutcome.Decision
+    DECISION_PASS: LivenessOutcome.Decision
+    DECISION_FAIL: LivenessOutcome.Decision
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGES_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    CEREMONY_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    OPERATING_POINT_FIELD_NUMBER: _ClassVar[int]
+    decision: LivenessOutcome.Decision
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    challenges: _containers.RepeatedCompositeFieldContainer[ChallengeTiming]
+    score: float
+    ceremony_id: str
+    frames: int
+    duration_s: float
+    verified: bool
+    match: bool
+    distance: float
+    threshold: float
+    operating_point: str
+    def __init__(self, decision: _Optional[_Union[LivenessOutcome.Decision, str]] = ..., reasons: _Optional[_Iterable[str]] = ..., challenges: _Optional[_Iterable[_Union[ChallengeTiming, _Mapping]]] = ..., score: _Optional[float] = ..., ceremony_id: _Optional[str] = ..., frames: _Optional[int] = ..., duration_s: _Optional[float] = ..., verified: _Optional[bool] = ..., match: _Optional[bool] = ..., distance: _Optional[float] = ..., threshold: _Optional[float] = ..., operating_point: _Optional[str] = ...) -> None: ...
+
+class LivenessResponse(_message.Message):
+    __slots__ = ("prompt", "outcome")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    prompt: ChallengePrompt
+    outcome: LivenessOutcome
+    def __init__(self, prompt: _Optional[_Union[ChallengePrompt, _Mapping]] = ..., outcome: _Optional[_Union[LivenessOutcome, _Mapping]] = ...) -> None: ...

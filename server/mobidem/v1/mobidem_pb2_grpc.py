@@ -515,3 +515,77 @@ class Gallery:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class LivenessStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Ceremony = channel.stream_stream(
+                '/mobidem.v1.Liveness/Ceremony',
+                request_serializer=mobidem_dot_v1_dot_mobidem__pb2.LivenessRequest.SerializeToString,
+                response_deserializer=mobidem_dot_v1_dot_mobidem__pb2.LivenessResponse.FromString,
+                _registered_method=True)
+
+
+class LivenessServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Ceremony(self, request_iterator, context):
+        """Options, then camera frames in; prompts out as the ceremony goes on, then the outcome.
+        A ceremony lives on its call: it cannot be resumed on another one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_LivenessServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Ceremony': grpc.stream_stream_rpc_method_handler(
+                    servicer.Ceremony,
+                    request_deserializer=mobidem_dot_v1_dot_mobidem__pb2.LivenessRequest.FromString,
+                    response_serializer=mobidem_dot_v1_dot_mobidem__pb2.LivenessResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'mobidem.v1.Liveness', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('mobidem.v1.Liveness', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Liveness:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Ceremony(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mobidem.v1.Liveness/Ceremony',
+            mobidem_dot_v1_dot_mobidem__pb2.LivenessRequest.SerializeToString,
+            mobidem_dot_v1_dot_mobidem__pb2.LivenessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

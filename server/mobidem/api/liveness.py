@@ -1,0 +1,222 @@
+"""Liveness servicer: the challenge ceremony (docs/LIVENESS.md) over the tracked streaming pipeline.
+
+Thin: protobuf in and out, the abuse limits, the optional 1:1; the frames go through
+``Pipeline.analyze_tracked`` with a ``StreamTracks`` of their own (one continuous track, identity
+over it), the signals come from ``mobidem.liveness.headpose`` and the decision from
+``mobidem.liveness.decision``. Frames are decided one after another, in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+
+import numpy as np
+
+from mobidem.api import convert
+from mobidem.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from mobidem.identity import IdentityService
+from mobidem.imaging import ImageLimits
+from mobidem.liveness import challenges as ch
+from mobidem.liveness.decision import Ceremony, FaceSignals, Observation, Outcome, Prompt, Rules
+from mobidem.liveness.headpose import affine_pose, mouth_open_ratio
+from mobidem.liveness.limits import FailureLimiter
+from mobidem.logs import stream_id
+from mobidem.pipeline import Pipeline, Task
+from mobidem.streaming import Turn
+from mobidem.tracking import StreamTracks, TrackingConfig
+from mobidem.v1 import mobidem_pb2 as pb
+from mobidem.v1 import mobidem_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+TASKS = frozenset({Task.DETECT, Task.IDENTIFY, Task.EXPRESSION, Task.PLUGINS})
+MESH, EYE, PRESENCE = "face_mesh.mesh", "face_mesh.eye_openness", "face_mesh.face_presence"
+
+
+class LivenessServicer(pb_grpc.LivenessServicer):
+    def __init__(self, pipeline: Pipeline, identities: IdentityService, limits: ImageLimits, rules: Rules,
+                 challenges: int = 3, tracking: TrackingConfig = TrackingConfig(), *, test_mode: bool = False,
+                 limiter: FailureLimiter | None = None, clock_slack_s: float = 1.0, client_name=None):
+        self.pipeline = pipeline
+        self.identities = identities
+        self.limits = limits
+        self.rules = rules
+        self.count = challenges
+        self.tracking = tracking
+        self.test_mode = test_mode
+        self.limiter = limiter or FailureLimiter()
+        self.clock_slack_s = clock_slack_s  # capture time may run ahead of the server's clock by this much
+        from mobidem.api.analysis import client_name as default_name
+
+        self.client_name = client_name or default_name
+
+    def _check_limits(self, keys: list[str]) -> None:
+        for key in keys:
+            wait = self.limiter.blocked(key)
+            if wait:
+                who = key.split(":", 1)
+                raise ResourceExhausted(
+                    f"{self.limiter.max_failures} failed liveness ceremonies for {who[0]} {who[1]!r} in the last "
+                    f"{self.limiter.window_s:g} s (liveness_max_failures / liveness_failure_window_s): "
+                    f"retry in {wait:.0f} s")
+
+    async def Ceremony(self, request_iterator, context):
+        messages = aiter(request_iterator)
+        first = await anext(messages, None)
+        if first is None:
+            return
+        if first.WhichOneof("message") != "options":
+            raise InvalidArgument("the first message of a ceremony must be LivenessOptions (set `options`); "
+                                  "frames follow the first prompt")
+        opts = first.options
+        seed = opts.test_seed if opts.HasField("test_seed") else None
+        if seed is not None and not self.test_mode:
+            log.error("REFUSED a liveness ceremony asking for test_seed=%d from %s: this server is not in test mode "
+                      "(liveness_test_mode); a seeded ceremony's challenges are known in advance", seed,
+                      self.client_name(context))
+            raise FailedPrecondition("test_seed is accepted only by a server started with liveness_test_mode: true; "
+                                     "a real ceremony's challenges are drawn by the server")
+        point = self.identities.point(opts.operating_point)  # INVALID_ARGUMENT on an unknown name
+        client = _without_port(self.client_name(context))  # a reconnection is the same client
+        keys = [f"client:{client}"]
+        which = opts.WhichOneof("reference")
+        reference = None
+        if which == "identity_id":
+            if not opts.identity_id or len(opts.identity_id) > 256:
+                raise InvalidArgument("identity_id must be 1-256 characters")
+            keys.append(f"identity:{opts.identity_id}")
+        elif which == "reference_image":
+            digest = hashlib.sha256(opts.reference_image.SerializeToString()).hexdigest()
+            keys.append(f"reference image:{digest[:16]}")
+        self._check_limits(keys)
+        if which == "identity_id":
+            if self.identities.gallery.get(opts.identity_id) is None:
+                raise NotFound(f"identity {opts.identity_id!r} does not exist")
+        elif which == "reference_image":
+            reference = await self.identities._embed_one(
+                convert.image_loader(opts.reference_image, self.limits, "reference_image"), "reference image")
+
+        if not any(p.name == "face_mesh" for p in self.pipeline.plugins.face):
+            raise FailedPrecondition("liveness needs the face_mesh plugin: start the server with face_plugins "
+                                     "including face_mesh, e.g. face_multitask,face_mesh (docs/LIVENESS.md)")
+        ceremony_id = uuid.uuid4().hex[:16]
+        stream_id.set(ceremony_id)
+        sequence = ch.draw(self.count, seed)
+        if seed is not None:
+            log.warning("LIVENESS TEST MODE: ceremony %s uses test_seed=%d, challenges %s", ceremony_id, seed,
+                        [c.name for c in sequence])
+        ceremony = Ceremony(sequence, self.rules)
+        log.info("liveness ceremony %s started for %s: %d challenges", ceremony_id, client, len(sequence))
+        yield pb.LivenessResponse(prompt=_prompt_pb(ceremony.first_prompt(), ceremony_id))
+
+        tracks = StreamTracks(self.tracking, self.identities, 1, identify=True)
+        turn = None
+        embeddings: list[np.ndarray] = []
+        started_wall = None
+        t0 = None
+        outcome = None
+        async for message in messages:
+            if message.WhichOneof("message") != "frame":
+                raise InvalidArgument("LivenessOptions may only be sent once, as the first message")
+            frame = message.frame
+            if not (frame.capture_time.seconds or frame.capture_time.nanos):
+                raise InvalidArgument("every ceremony frame needs its capture_time (when the camera took it)")
+            t = frame.capture_time.ToNanoseconds() / 1e9
+            now = time.monotonic()
+            if t0 is None:
+                t0, started_wall = t, now
+            elif seed is None and (t - t0) > (now - started_wall) + self.clock_slack_s:
+                outcome = ceremony.fail(f"capture times run {(t - t0) - (now - started_wall):.1f} s ahead of the "
+                                        "server's clock: frames must be sent as they are captured")
+                break
+            turn = Turn(turn, 2)
+            try:
+                analysis = await self.pipeline.analyze_tracked(
+                    convert.image_loader(frame.image, self.limits, "frame.image"), TASKS, 0, tracks, turn, t)
+            finally:
+                turn.release()
+            faces = []
+            for face in analysis.faces:
+                if MESH not in face.extensions:
+                    continue
+                mesh = np.asarray(face.extensions[MESH])
+                pose = affine_pose(mesh)
+                distance = None
+                if face.fresh_embedding and face.embedding is not None:
+                    # against the nearest of the ceremony's embeddings so far: a turned face is compared
+                    # with the views before it, while another person is far from all of them
+                    if embeddings:
+                        distance = float(min(np.linalg.norm(face.embedding - e) for e in embeddings))
+                    embeddings.append(face.embedding)
+                happy = 0.0
+                if face.expression is not None and "happy" in face.expression_labels:
+                    happy = float(face.expression[face.expression_labels.index("happy")])
+                box = face.box
+                faces.append(FaceSignals(face.track_id, float(min(box[2] - box[0], box[3] - box[1])), face.score,
+                                         float(face.extensions.get(PRESENCE, 1.0)), pose.u, pose.v,
+                                         float(face.extensions.get(EYE, 0.0)), mouth_open_ratio(mesh), happy,
+                                         distance, point.threshold))
+            event = ceremony.feed(Observation(t, tuple(faces)))
+            if isinstance(event, Prompt):
+                yield pb.LivenessResponse(prompt=_prompt_pb(event, ceremony_id))
+            elif isinstance(event, Outcome):
+                outcome = event
+                break
+        if outcome is None:
+            outcome = ceremony.stream_ended()
+        result = _outcome_pb(outcome, ceremony_id)
+        if outcome.passed and which is not None:
+            await self._one_to_one(result, opts, reference, embeddings, point)
+        if result.decision != pb.LivenessOutcome.DECISION_PASS:
+            for key in keys:
+                self.limiter.failed(key)
+        log.info("liveness ceremony %s: %s %s (%d frames, %.1f s)", ceremony_id,
+                 pb.LivenessOutcome.Decision.Name(result.decision), list(result.reasons), result.frames,
+                 result.duration_s)
+        yield pb.LivenessResponse(outcome=result)
+
+    async def _one_to_one(self, result: pb.LivenessOutcome, opts, reference, embeddings, point) -> None:
+        """The live face against the named identity or the reference photo: the mean of its fresh embeddings."""
+        if not embeddings:
+            result.decision = pb.LivenessOutcome.DECISION_FAIL
+            result.reasons.append("no embedding of the live face was made: the 1:1 could not be decided")
+            return
+        live = np.mean(np.stack(embeddings), 0).astype(np.float32)
+        ids = self.identities
+        if reference is not None:
+            distance = float(np.linalg.norm(live - reference))
+        else:
+            distance = ids.gallery.distance_to_identity(live, opts.identity_id, ids.model_name, ids.model_version)
+            if distance is None:
+                raise FailedPrecondition(f"identity {opts.identity_id!r} has no template from {ids.embedder}; re-enrol it")
+        result.verified, result.distance, result.threshold = True, distance, point.threshold
+        result.operating_point, result.match = point.name, distance <= point.threshold
+        if not result.match:
+            result.decision = pb.LivenessOutcome.DECISION_FAIL
+            result.score = 0.0
+            result.reasons.append(f"the live face does not match the {'reference image' if reference is not None else 'identity ' + repr(opts.identity_id)} "
+                                  f"(distance {distance:.3f} > {point.threshold:.3f})")
+
+
+def _without_port(name: str) -> str:
+    """An unauthenticated peer ("ipv4:1.2.3.4:5678", "ipv6:[::1]:5678") without its port; key names unchanged."""
+    if name.startswith(("ipv4:", "ipv6:")) and name.count(":") >= 2:
+        return name.rsplit(":", 1)[0]
+    return name
+
+
+def _prompt_pb(p: Prompt, ceremony_id: str) -> pb.ChallengePrompt:
+    return pb.ChallengePrompt(index=p.index, count=p.count, challenge=int(p.challenge), text=p.text,
+                              window_s=p.window_s, ceremony_id=ceremony_id)
+
+
+def _outcome_pb(o: Outcome, ceremony_id: str) -> pb.LivenessOutcome:
+    decision = pb.LivenessOutcome.DECISION_PASS if o.passed else pb.LivenessOutcome.DECISION_FAIL
+    return pb.LivenessOutcome(
+        decision=decision, reasons=o.reasons, score=o.score, ceremony_id=ceremony_id, frames=o.frames,
+        duration_s=o.duration_s,
+        challenges=[pb.ChallengeTiming(challenge=int(t.challenge), completed=t.completed, started_s=t.started_s,
+                                       completed_s=t.completed_s, window_s=t.window_s) for t in o.timings])
