@@ -173,3 +173,81 @@ def server(start_server) -> RunningServer:
 def client(server):
     with server.client() as c:
         yield c
+
+
+# --------------------------------------------------------------------------- PostgreSQL (issue 18)
+
+
+def _pg_bin() -> Path | None:
+    import shutil
+
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(os.path.realpath(found)).parent
+    dirs = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    return dirs[-1] if dirs else None
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster (Debian's postgresql package) in a temporary directory, on a free
+    loopback port; as root its processes run as the postgres user. ``database()``: a fresh database URL."""
+
+    def __init__(self, root: Path):
+        import pwd
+
+        self.bin = _pg_bin()
+        need(self.bin is not None and (self.bin / "initdb").exists(),
+             "PostgreSQL is not installed (make test-system-deps installs Debian's postgresql)")
+        self.root = root
+        self.data = root / "pgdata"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(root, pw.pw_uid, pw.pw_gid)
+            self.prefix = ["runuser", "-u", "postgres", "--"]
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
+        self.start()
+        self._n = 0
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run([*self.prefix, str(self.bin / tool), *args], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "postgres.log"), "-w", "-t", "60", "-o",
+                  f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c max_connections=200", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def database(self) -> str:
+        import psycopg
+
+        self._n += 1
+        name = f"gallery_{os.getpid()}_{self._n}"
+        with psycopg.connect(self.url(), autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def execute(self, sql: str, database: str = "postgres", params=()) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.url(database), autocommit=True) as c:
+            cur = c.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    root = tmp_path_factory.mktemp("postgres")
+    cluster = PostgresCluster(root)
+    yield cluster
+    try:
+        cluster.stop("immediate")
+    except subprocess.CalledProcessError:
+        pass

@@ -113,10 +113,16 @@ class MobidemServer:
             check_io(plugin, served)
         planned = await self.triton.plan(self.pipeline.models)  # versions pinned, batch limits from the configs
         log.info("models (version, max batch): %s", planned)
-        for name in ("gallery.db", "gallery.db-wal", "gallery.db-shm"):  # templates: private before SQLite opens them
-            private_file(data / name, create=name == "gallery.db")
-        self.gallery = await asyncio.to_thread(Gallery.open, str(data / "gallery.db"),
-                                               template_key=load_key(s.template_key_file, s.template_key))
+        if s.gallery_url.strip():  # shared by several gateways (docs/SCALING.md); unreachable: refuse to start
+            self.gallery = await asyncio.to_thread(
+                Gallery.from_url, s.gallery_url.strip(), template_key=load_key(s.template_key_file, s.template_key),
+                pool_size=s.gallery_pool_size, timeout_s=s.gallery_timeout_s,
+                sync_interval_s=s.gallery_sync_interval_s)
+        else:
+            for name in ("gallery.db", "gallery.db-wal", "gallery.db-shm"):  # templates: private before SQLite opens
+                private_file(data / name, create=name == "gallery.db")
+            self.gallery = await asyncio.to_thread(Gallery.open, str(data / "gallery.db"),
+                                                   template_key=load_key(s.template_key_file, s.template_key))
         points = calibration.load(s.calibration or DEFAULT_CALIBRATION)
         if self.pipeline.embedder is not None:
             self._check_calibration(points, planned)

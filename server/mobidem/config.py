@@ -92,6 +92,14 @@ class Settings:
     auth_exempt_reflection: bool = setting(False, "server reflection needs no key (default: any role's key)")
     template_key_file: str = setting("", "file with the 256-bit key (hex/base64) encrypting templates at rest")
     template_key: str = setting("", "the same key inline; prefer the env MOBIDEM_TEMPLATE_KEY to a flag")
+    gallery_url: str = setting("", "the gallery's database: empty = SQLite in data_dir; postgresql://user@host:port/"
+                                   "db = PostgreSQL shared by several gateways (password: PGPASSWORD or ~/.pgpass; "
+                                   "docs/SCALING.md)")
+    gallery_pool_size: int = setting(4, "PostgreSQL gallery: connections in this gateway's pool")
+    gallery_timeout_s: float = setting(5.0, "PostgreSQL gallery: seconds to connect or wait for a pooled "
+                                            "connection before a call fails UNAVAILABLE")
+    gallery_sync_interval_s: float = setting(1.0, "PostgreSQL gallery: the change log is read at least this "
+                                                  "often even without a notification")
     audit_log: str = setting("", "Verify/Identify audit database; empty: <data_dir>/audit.db")
     evidence_key_file: str = setting("", "Ed25519 key file signing evidence and audit checkpoints (`mobidem "
                                          "evidence keygen`); empty: <data_dir>/evidence-keys.json, made at first start")

@@ -1,14 +1,18 @@
-"""Identity gallery below the API layer: durable store (SQLite) + exact in-memory index.
+"""Identity gallery below the API layer: a durable store + an exact in-memory index (gallery/interfaces.py).
 
-Pure Python + numpy + sqlite3; no protobuf/gRPC here (the API layer converts at the edge).
+Pure Python + numpy + a database driver; no protobuf/gRPC here (the API layer converts at the edge).
+The store is SQLite (embedded, the default) or PostgreSQL (shared by several gateways, each following
+its change log: gallery/postgres.py, gallery/follower.py); gallery/backends.py picks one from a URL.
 
     gallery = Gallery.open("/var/lib/mobidem/gallery.db")
+    gallery = Gallery.from_url("postgresql://mobidem@db/mobidem")
     res = gallery.enroll(None, "Ada", {"team": "x"}, [TemplateIn(emb, "dlib_resnet", "1")])
     hits = gallery.search(probe, k=5, model_name="dlib_resnet", model_version="1")
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 
@@ -16,6 +20,7 @@ import numpy as np
 
 from .errors import GalleryCorrupt, GalleryError, IdempotencyConflict, InvalidArgument, NotFound, SchemaTooNew
 from .index import GalleryIndex, distance
+from .interfaces import Change, ChangeFeed, SearchIndex
 from .records import (
     DEFAULT_DIM,
     EnrollResult,
@@ -28,7 +33,11 @@ from .records import (
 )
 from .store import GalleryStore, SqliteGallery, compute_request_hash
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "Change",
+    "ChangeFeed",
     "DEFAULT_DIM",
     "EnrollResult",
     "Gallery",
@@ -43,6 +52,7 @@ __all__ = [
     "ModelVersion",
     "NotFound",
     "SchemaTooNew",
+    "SearchIndex",
     "SearchResult",
     "SqliteGallery",
     "TemplateIn",
@@ -55,17 +65,64 @@ __all__ = [
 class Gallery:
     """Store + index kept in step. Writes go to the store first; the index changes only
     after the commit succeeded (a failed write leaves both untouched). Searches never
-    touch the database."""
+    touch the database.
 
-    def __init__(self, store: GalleryStore, index: GalleryIndex | None = None) -> None:
+    A store shared with other processes (a ``ChangeFeed``: PostgreSQL) is followed: the index starts
+    from a snapshot and then applies the store's change log, this process's own writes included (a
+    write returns once its change is applied here, or, with the database lost right after the
+    commit, once it is committed: the follower applies it when the database is back)."""
+
+    def __init__(self, store: GalleryStore, index: SearchIndex | None = None, *,
+                 sync_interval_s: float = 1.0) -> None:
         self.store = store
-        self.index = index if index is not None else GalleryIndex.from_store(store)
         self._write_lock = threading.Lock()  # orders store commit + index update across writers
         self._names: dict[str, str] = {}  # display names for search results, kept in step with writes
+        self.follower = None
+        if isinstance(store, ChangeFeed):
+            from .follower import ChangeFollower
+
+            seq = 0
+            if index is None:
+                index = GalleryIndex(dim=store.dim)
+                seq, names = store.load_snapshot(index.add_records)
+                self._names.update(names)
+            else:
+                seq = store.last_seq()
+            self.index = index
+            self.follower = ChangeFollower(store, self, seq, sync_interval_s=sync_interval_s,
+                                           connect_timeout_s=getattr(store, "_timeout", 5.0)).start()
+        else:
+            self.index = index if index is not None else GalleryIndex.from_store(store)
 
     @classmethod
     def open(cls, path: str, **store_kwargs) -> Gallery:
         return cls(SqliteGallery(path, **store_kwargs))
+
+    @classmethod
+    def from_url(cls, url: str, *, sync_interval_s: float = 1.0, **store_kwargs) -> Gallery:
+        """The gallery a URL names (gallery/backends.py): a SQLite path or ``postgresql://…``."""
+        from .backends import open_store
+
+        return cls(open_store(url, **store_kwargs), sync_interval_s=sync_interval_s)
+
+    def _apply(self, changes: Sequence[Change], records: Mapping[str, TemplateRecord]) -> None:
+        """Apply changes of a shared store's log (called by the follower, under its lock)."""
+        for ch in changes:
+            if ch.op == "delete":
+                self.index.remove_identity(ch.identity_id)
+                self._names.pop(ch.identity_id, None)
+            else:
+                recs = [records[t] for t in ch.template_ids if t in records]
+                if recs:
+                    self.index.add_records(recs)
+                if ch.display_name is not None:
+                    self._names[ch.identity_id] = ch.display_name
+
+    def _sync_after_write(self) -> None:
+        try:
+            self.follower.catch_up()
+        except GalleryError as exc:  # committed; the follower applies it once the database is back
+            log.warning("a committed write is not in this gateway's index yet: %s", exc)
 
     def enroll(
         self,
@@ -77,6 +134,12 @@ class Gallery:
         request_hash: str | None = None,
         merge_metadata: bool = False,
     ) -> EnrollResult:
+        if self.follower is not None:
+            res = self.store.enroll(identity_id, display_name, metadata, templates, idempotency_key, request_hash,
+                                    merge_metadata)
+            if not res.replayed:
+                self._sync_after_write()
+            return res
         with self._write_lock:
             res = self.store.enroll(identity_id, display_name, metadata, templates, idempotency_key, request_hash,
                                     merge_metadata)
@@ -90,6 +153,13 @@ class Gallery:
             return res
 
     def delete(self, identity_id: str) -> int:
+        if self.follower is not None:
+            n = self.store.delete(identity_id)
+            with self.follower._lock:  # after any catch-up in flight, which may hold the identity's old rows
+                self.index.remove_identity(identity_id)
+                self._names.pop(identity_id, None)
+            self._sync_after_write()
+            return n
         with self._write_lock:
             n = self.store.delete(identity_id)
             self.index.remove_identity(identity_id)
@@ -132,10 +202,19 @@ class Gallery:
         return self.store.count()
 
     def rebuild_index(self) -> None:
+        if self.follower is not None:
+            with self.follower._lock:
+                index = GalleryIndex(dim=self.store.dim)
+                seq, names = self.store.load_snapshot(index.add_records)
+                self.index, self.follower.applied_seq = index, seq
+                self._names = dict(names)
+            return
         with self._write_lock:
             self.index = GalleryIndex.from_store(self.store)
 
     def close(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
         self.store.close()
 
     def __enter__(self) -> Gallery:
