@@ -213,7 +213,9 @@ class PostgresCluster:
         self._n = 0
 
     def _run(self, tool: str, *args: str) -> None:
-        subprocess.run([*self.prefix, str(self.bin / tool), *args], check=True, capture_output=True, timeout=120)
+        done = subprocess.run([*self.prefix, str(self.bin / tool), *args], capture_output=True, timeout=120)
+        if done.returncode:
+            raise AssertionError(f"{tool} failed ({done.returncode}): {(done.stdout + done.stderr).decode()[-2000:]}")
 
     def start(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "postgres.log"), "-w", "-t", "60", "-o",
@@ -243,11 +245,18 @@ class PostgresCluster:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory):
-    root = tmp_path_factory.mktemp("postgres")
-    cluster = PostgresCluster(root)
-    yield cluster
+def postgres():
+    import shutil
+    import tempfile
+
+    # not under pytest's tmp_path: as root that is private (0700) and the postgres user could not enter it
+    root = Path(tempfile.mkdtemp(prefix="mobidem-pg-"))
     try:
-        cluster.stop("immediate")
-    except subprocess.CalledProcessError:
-        pass
+        cluster = PostgresCluster(root)
+        yield cluster
+        try:
+            cluster.stop("immediate")
+        except AssertionError:
+            pass
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

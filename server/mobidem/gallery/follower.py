@@ -58,7 +58,8 @@ class ChangeFollower:
             try:
                 if self._conn is None:
                     self._conn = psycopg.connect(self.feed.url, autocommit=True,
-                                                 connect_timeout=max(1, int(round(self.connect_timeout_s))))
+                                                 connect_timeout=max(1, int(round(self.connect_timeout_s))),
+                                                 application_name="mobidem-gallery-follower")
                     self._conn.execute(f"LISTEN {self.feed.channel}")
                     if self.reconnects or not self.connected:
                         log.info("gallery follower listening on %s", self.feed.where)

@@ -96,6 +96,10 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 class GalleryUnavailable(GalleryError, errors.Unavailable):
     """The gallery database cannot be reached (gRPC UNAVAILABLE)."""
 
@@ -139,13 +143,14 @@ class PostgresGallery:
             psycopg.connect(url, connect_timeout=max(1, int(round(self._timeout)))).close()
         except psycopg.Error as exc:
             raise GalleryUnavailable(
-                f"cannot connect to the gallery database {self.where}: {str(exc).strip()}; check gallery_url "
+                f"cannot connect to the gallery database {self.where}: {_one_line(exc)}; check gallery_url "
                 "(host, port, database, user; the password in PGPASSWORD or ~/.pgpass) and that PostgreSQL runs"
             ) from None
         self._pool = ConnectionPool(
             url, min_size=1, max_size=max(1, int(pool_size)), open=False, timeout=self._timeout,
             check=ConnectionPool.check_connection, reconnect_timeout=24 * 3600.0, name="mobidem-gallery",
-            kwargs={"autocommit": True, "connect_timeout": max(1, int(round(self._timeout)))},
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(round(self._timeout))),
+                    "application_name": "mobidem-gallery"},
         )
         self._pool.open(wait=True, timeout=self._timeout + 5)
         try:
@@ -167,7 +172,7 @@ class PostgresGallery:
         what = ("the write may not have been done: retry it (with the same idempotency_key for an enrolment)"
                 if writing else "retry later")
         return GalleryUnavailable(f"the gallery database {self.where} is unavailable ({type(exc).__name__}: "
-                                  f"{str(exc).strip()[:300]}); {what}")
+                                  f"{_one_line(exc)[:300]}); {what}")
 
     def _migrate(self) -> None:
         with self._conn() as c, c.transaction():

@@ -1,0 +1,410 @@
+"""The gallery's store contract on both backends (SQLite, PostgreSQL), and gateways sharing one PostgreSQL.
+
+The PostgreSQL cluster is real (Debian's postgresql, started by the ``postgres`` fixture in a temporary
+directory); so are Triton and the photos in the gateway tests. Expected values come from the spec
+(store.py's docstrings and docs/SCALING.md): a write is durable once acknowledged, a key replays its first
+answer, paging is by (created_at, id), templates are sealed at rest, every gateway sees a change within
+PROPAGATION_BOUND_S.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import statistics
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from conftest import person_photos, start_failure
+from mobidem.gallery import Gallery, IdempotencyConflict, InvalidArgument, NotFound, TemplateIn
+from mobidem.gallery.backends import open_store
+from mobidem.gallery.crypto import TemplateKeyError
+from mobidem.gallery.postgres import GalleryUnavailable
+
+M, V = "dlib_resnet", "1"
+PROPAGATION_BOUND_S = 1.0
+KEY = bytes(range(32))
+
+
+def emb(rng):
+    x = rng.normal(size=128).astype(np.float32)
+    return x * np.float32(1.4 / np.linalg.norm(x))
+
+
+def tpl(rng, version=V):
+    return TemplateIn(emb(rng), M, version, 0.5)
+
+
+class Clock:
+    def __init__(self, step=1.0):
+        self.t, self.step = 1_700_000_000.0, step
+
+    def __call__(self):
+        self.t += self.step
+        return self.t
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(18)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request, tmp_path):
+    """-> open(**kw): a store of this backend on one database (reopening opens the same one), raw(): the rows'
+    stored embedding bytes."""
+    if request.param == "sqlite":
+        url = str(tmp_path / "gallery.db")
+
+        def raw():
+            with sqlite3.connect(url) as c:
+                return [bytes(r[0]) for r in c.execute("SELECT embedding FROM templates")]
+    else:
+        pg = request.getfixturevalue("postgres")
+        url = pg.database()
+        name = url.rsplit("/", 1)[1]
+
+        def raw():
+            return [bytes(r[0]) for r in pg.execute("SELECT embedding FROM templates", name)]
+    opened = []
+
+    def open_(**kw):
+        s = open_store(url, **kw)
+        opened.append(s)
+        return s
+
+    open_.raw, open_.url, open_.kind = raw, url, request.param
+    yield open_
+    for s in opened:
+        s.close()
+
+
+# --------------------------------------------------------------------------- the store contract, both backends
+
+
+def test_enroll_get_append_merge(backend, rng):
+    s = backend(clock=Clock())
+    r = s.enroll("ada", "Ada", {"team": "x"}, [tpl(rng)])
+    assert r.created and not r.replayed and len(r.template_ids) == 1
+    assert (r.identity.id, r.identity.display_name, r.identity.metadata) == ("ada", "Ada", {"team": "x"})
+    r2 = s.enroll("ada", None, {"room": "7"}, [tpl(rng), tpl(rng, "2")], merge_metadata=True)
+    assert not r2.created and len(r2.template_ids) == 2
+    got = s.get("ada")
+    assert got.display_name == "Ada" and got.metadata == {"team": "x", "room": "7"}
+    assert got.template_count == 3
+    assert [(m.model_name, m.model_version, m.template_count) for m in got.model_versions] == [(M, "1", 2), (M, "2", 1)]
+    assert got.updated_at > got.created_at
+    assert s.get("nobody") is None
+    assert s.count() == 1 and s.template_count() == 3
+
+
+def test_invalid_enrolment_changes_nothing(backend, rng):
+    s = backend()
+    with pytest.raises(InvalidArgument, match="display_name is required"):
+        s.enroll("ghost", None, None, [tpl(rng)])
+    with pytest.raises(InvalidArgument, match="dimension|128"):
+        s.enroll("x", "X", None, [TemplateIn(np.zeros(64, np.float32), M, V)])
+    assert s.count() == 0 and s.template_count() == 0
+
+
+def test_embeddings_round_trip_exactly(backend, rng):
+    s = backend()
+    t = tpl(rng)
+    r = s.enroll(None, "A", None, [t])
+    [rec] = list(s.iter_templates())
+    assert rec.id == r.template_ids[0] and rec.identity_id == r.identity.id
+    assert rec.embedding.dtype == np.float32 and rec.embedding.tobytes() == t.embedding.tobytes()
+    assert (rec.model_name, rec.model_version, rec.quality) == (M, V, 0.5)
+
+
+def test_paging_by_created_at_then_id(backend, rng):
+    s = backend(clock=lambda: 42.0)  # all at the same instant: the order is the ids' byte order
+    for i in ["b", "a", "C", "c", "e"]:
+        s.enroll(i, i.upper(), None, [tpl(rng)])
+    pages, token = [], None
+    while True:
+        page, token = s.list(2, token)
+        pages.append([i.id for i in page])
+        if not token:
+            break
+    assert pages == [["C", "a"], ["b", "c"], ["e"]]
+    with pytest.raises(InvalidArgument, match="page_token"):
+        s.list(2, "not-a-token")
+
+
+def test_idempotency_replay_conflict_and_deleted(backend, rng):
+    s = backend(clock=Clock())
+    t = [tpl(rng)]
+    first = s.enroll(None, "Ada", None, t, idempotency_key="k1")
+    again = s.enroll(None, "Ada", None, t, idempotency_key="k1")
+    assert again.replayed and again.identity.id == first.identity.id and again.template_ids == first.template_ids
+    assert s.count() == 1 and s.template_count() == 1
+    with pytest.raises(IdempotencyConflict, match="k1"):
+        s.enroll(None, "Bob", None, [tpl(rng)], idempotency_key="k1")
+    assert s.delete(first.identity.id) == 1
+    with pytest.raises(NotFound, match="since been deleted"):
+        s.enroll(None, "Ada", None, t, idempotency_key="k1")
+    assert s.count() == 0
+
+
+def test_delete(backend, rng):
+    s = backend()
+    s.enroll("ada", "Ada", None, [tpl(rng), tpl(rng)])
+    s.enroll("bob", "Bob", None, [tpl(rng)])
+    assert s.delete("ada") == 2
+    assert s.get("ada") is None and s.count() == 1 and s.template_count() == 1
+    with pytest.raises(NotFound):
+        s.delete("ada")
+
+
+def test_durable_across_reopen(backend, rng):
+    s = backend()
+    t = tpl(rng)
+    s.enroll("ada", "Ada", {"k": "v"}, [t])
+    s.close()
+    s2 = backend()
+    assert s2.get("ada").metadata == {"k": "v"}
+    assert [r.embedding.tobytes() for r in s2.iter_templates()] == [t.embedding.tobytes()]
+
+
+def test_templates_sealed_at_rest(backend, rng):
+    s = backend(template_key=KEY)
+    t = tpl(rng)
+    s.enroll("ada", "Ada", None, [t])
+    [stored] = backend.raw()
+    assert len(stored) == 4 * 128 and stored != t.embedding.tobytes()
+    assert next(s.iter_templates()).embedding.tobytes() == t.embedding.tobytes()
+    s.close()
+    with pytest.raises(TemplateKeyError, match="no template key"):
+        backend()
+    with pytest.raises(TemplateKeyError, match="wrong key"):
+        backend(template_key=bytes(32))
+
+
+def test_plaintext_rows_are_sealed_when_a_key_is_set(backend, rng):
+    s = backend()
+    t = tpl(rng)
+    s.enroll("ada", "Ada", None, [t])
+    assert backend.raw() == [t.embedding.tobytes()]
+    s.close()
+    s2 = backend(template_key=KEY)
+    assert backend.raw() != [t.embedding.tobytes()]
+    assert next(s2.iter_templates()).embedding.tobytes() == t.embedding.tobytes()
+
+
+def test_gallery_search_and_versions(backend, rng):
+    g = Gallery(backend())
+    a, b = tpl(rng), tpl(rng, "2")
+    g.enroll("ada", "Ada", None, [a])
+    g.enroll("bob", "Bob", None, [b])
+    res = g.search(a.embedding, 2, M, V)
+    assert [m.identity_id for m in res.matches] == ["ada"] and res.matches[0].distance == 0.0
+    assert res.stale_identities == {"bob"} and res.skipped_templates == 1
+    assert g.display_name("ada") == "Ada"
+    g.delete("ada")
+    assert g.search(a.embedding, 1, M, V).matches == []
+    g.close()
+
+
+# --------------------------------------------------------------------------- PostgreSQL: the change log
+
+
+def wait_for(predicate, bound: float) -> float:
+    """Seconds until predicate() held, polling every ms; fails after ``bound``."""
+    t0 = time.perf_counter()
+    while not predicate():
+        if time.perf_counter() - t0 > bound:
+            raise AssertionError(f"not within {bound} s")
+        time.sleep(0.001)
+    return time.perf_counter() - t0
+
+
+def test_two_gallery_processes_follow_each_other(postgres, rng):
+    url = postgres.database()
+    a, b = Gallery.from_url(url), Gallery.from_url(url)
+    try:
+        delays = []
+        for i in range(40):
+            t = tpl(rng)
+            r = a.enroll(None, f"P{i}", None, [t])
+            delays.append(wait_for(lambda: any(m.identity_id == r.identity.id for m in b.search(t.embedding, 1, M, V)),
+                                   PROPAGATION_BOUND_S))
+            assert b.display_name(r.identity.id) == f"P{i}"
+        deleted = []
+        for r in list(a.store.list(5)[0]):
+            a.delete(r.id)
+            deleted.append(r.id)
+        assert wait_for(lambda: b.index.identity_count() == 35, PROPAGATION_BOUND_S) <= PROPAGATION_BOUND_S
+        delays.sort()
+        p50, p99 = statistics.median(delays), delays[int(0.99 * (len(delays) - 1))]
+        print(f"store-level propagation over {len(delays)} enrolments: p50 {p50 * 1000:.1f} ms, "
+              f"p99 {p99 * 1000:.1f} ms, max {delays[-1] * 1000:.1f} ms")
+        assert len(b.index) == len(a.index) == 35
+    finally:
+        a.close()
+        b.close()
+
+
+def test_restarted_follower_catches_up(postgres, rng):
+    url = postgres.database()
+    a = Gallery.from_url(url)
+    b = Gallery.from_url(url)
+    kept = tpl(rng)
+    a.enroll("old", "Old", None, [tpl(rng)])
+    wait_for(lambda: b.index.identity_count() == 1, PROPAGATION_BOUND_S)
+    b.close()  # b misses everything below
+    a.enroll("new", "New", None, [kept])
+    a.delete("old")
+    b = Gallery.from_url(url)
+    try:
+        assert [m.identity_id for m in b.search(kept.embedding, 5, M, V).matches] == ["new"]
+        assert b.follower.applied_seq == a.follower.applied_seq == a.store.last_seq() == 3
+    finally:
+        a.close()
+        b.close()
+
+
+def terminate_backends(postgres, url) -> int:
+    name = url.rsplit("/", 1)[1]
+    rows = postgres.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                            "AND pid <> pg_backend_pid()", params=(name,))
+    return len(rows)
+
+
+def test_killed_connections_recover_and_nothing_is_missed(postgres, rng):
+    url = postgres.database()
+    a, b = Gallery.from_url(url), Gallery.from_url(url)
+    try:
+        wait_for(lambda: b.follower.connected and a.follower.connected, 5)
+        assert terminate_backends(postgres, url) >= 4  # both pools and both LISTEN connections
+        t = tpl(rng)
+        r = a.enroll(None, "After", None, [t])  # the pool replaces its dead connection; nothing to retry
+        delay = wait_for(lambda: b.search(t.embedding, 1, M, V).matches != [], 5)
+        print(f"visible on the other gallery {delay * 1000:.0f} ms after its LISTEN connection was killed")
+        assert b.follower.reconnects >= 1
+        assert b.search(t.embedding, 1, M, V).matches[0].identity_id == r.identity.id
+    finally:
+        a.close()
+        b.close()
+
+
+def test_lost_database_fails_writes_unavailable_and_keeps_acknowledged_ones(postgres, rng):
+    url = postgres.database()
+    name = url.rsplit("/", 1)[1]
+    g = Gallery.from_url(url, timeout_s=1.0)
+    try:
+        t = tpl(rng)
+        g.enroll("ada", "Ada", None, [t], idempotency_key="k")
+        postgres.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        terminate_backends(postgres, url)
+        with pytest.raises(GalleryUnavailable, match="unavailable.*retry it"):
+            g.enroll("bob", "Bob", None, [tpl(rng)])
+        assert g.search(t.embedding, 1, M, V).matches[0].identity_id == "ada"  # search needs no database
+        postgres.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        assert g.enroll("ada", "Ada", None, [t], idempotency_key="k").replayed
+        assert g.enroll("bob", "Bob", None, [tpl(rng)]).created
+        assert g.count() == 2
+    finally:
+        postgres.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        g.close()
+
+
+def test_unreachable_url_says_what_to_fix():
+    with pytest.raises(GalleryUnavailable, match=r"cannot connect to the gallery database .*check gallery_url"):
+        Gallery.from_url("postgresql://postgres:secret@127.0.0.1:1/nowhere", timeout_s=1.0)
+    try:
+        Gallery.from_url("postgresql://postgres:secret@127.0.0.1:1/nowhere", timeout_s=1.0)
+    except GalleryUnavailable as exc:
+        assert "secret" not in str(exc)
+    with pytest.raises(InvalidArgument, match="scheme 'mysql'"):
+        open_store("mysql://x/y")
+
+
+# --------------------------------------------------------------------------- gateways on one PostgreSQL
+
+
+def identified(client, photo, identity_id) -> bool:
+    m = client.identify(photo, top_k=1, probe_face_index=0).match
+    return m.known and m.identity_id == identity_id
+
+
+def test_two_gateways_share_one_gallery(faces, postgres, start_server):
+    url = postgres.database()
+    ga, gb = start_server(gallery_url=url), start_server(gallery_url=url)
+    people = sorted(p.name for p in (faces / "identities").iterdir())[:6]
+    delays = []
+    with ga.client() as ca, gb.client() as cb:
+        for person in people:
+            photos = person_photos(faces, person)
+            r = ca.enroll(person, [photos[0]], face_index=0)
+            t0 = time.perf_counter()
+            while not identified(cb, photos[1], r.identity.id):  # each try is a full Identify through Triton
+                assert time.perf_counter() - t0 < PROPAGATION_BOUND_S, f"{person} not identifiable on B"
+            delays.append(time.perf_counter() - t0)
+        print("gateway A enrol -> gateway B Identify: " + ", ".join(f"{d * 1000:.0f}" for d in delays) + " ms")
+        assert cb.get_identity(r.identity.id).display_name == people[-1]
+
+        # a deletion acknowledged on B: A no longer matches it within the bound
+        photos = person_photos(faces, people[0])
+        first = next(i for i in ca.list_identities() if i.display_name == people[0])
+        cb.delete_identity(first.id)
+        t0 = time.perf_counter()
+        while identified(ca, photos[1], first.id):
+            assert time.perf_counter() - t0 < PROPAGATION_BOUND_S
+        assert not identified(cb, photos[1], first.id)
+
+
+def test_restarted_gateway_catches_up_and_survives_killed_connections(faces, postgres, start_server):
+    url = postgres.database()
+    ga, gb = start_server(gallery_url=url), start_server(gallery_url=url)
+    p1, p2 = sorted(p.name for p in (faces / "identities").iterdir())[6:8]
+    ph1, ph2 = person_photos(faces, p1), person_photos(faces, p2)
+    with ga.client() as ca:
+        r1 = ca.enroll(p1, [ph1[0]], face_index=0)
+    gb.stop()  # B misses what follows
+    with ga.client() as ca:
+        r2 = ca.enroll(p2, [ph2[0]], face_index=0)
+        ca.delete_identity(r1.identity.id)
+    gb2 = start_server(gallery_url=url)
+    with gb2.client() as cb:
+        assert identified(cb, ph2[1], r2.identity.id)
+        assert not identified(cb, ph1[1], r1.identity.id)
+        n = terminate_backends(postgres, url)
+        assert n >= 4
+        with ga.client() as ca:
+            r3 = ca.enroll(p1, [ph1[0]], face_index=0)  # A's pool replaces the dead connections
+        t0 = time.perf_counter()
+        while not identified(cb, ph1[1], r3.identity.id):
+            assert time.perf_counter() - t0 < 5.0, "B did not recover its LISTEN connection"
+        print(f"after pg_terminate_backend of {n} connections: visible on B in "
+              f"{(time.perf_counter() - t0) * 1000:.0f} ms")
+
+
+def test_gateway_with_a_lost_database_answers_unavailable(faces, postgres, start_server):
+    url = postgres.database()
+    name = url.rsplit("/", 1)[1]
+    g = start_server(gallery_url=url, gallery_timeout_s=1)
+    p = sorted(x.name for x in (faces / "identities").iterdir())[8]
+    photos = person_photos(faces, p)
+    with g.client() as c:
+        r = c.enroll(p, [photos[0]], face_index=0)
+        try:
+            postgres.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            terminate_backends(postgres, url)
+            with pytest.raises(grpc.RpcError) as err:
+                c.enroll(p, [photos[1]], face_index=0)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "gallery database" in err.value.details() and "retry" in err.value.details()
+            assert identified(c, photos[1], r.identity.id)  # identification goes on from memory
+        finally:
+            postgres.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        assert c.enroll(p, [photos[1]], face_index=0, identity_id=r.identity.id).identity.template_count == 2
+
+
+def test_server_refuses_to_start_on_an_unreachable_gallery(triton, tmp_path):
+    exc = start_failure(triton, tmp_path, gallery_url="postgresql://postgres@127.0.0.1:1/mobidem",
+                        gallery_timeout_s=1)
+    assert exc is not None and "cannot connect to the gallery database" in str(exc)
+    assert "check gallery_url" in str(exc)
