@@ -303,7 +303,15 @@ def test_lost_database_fails_writes_unavailable_and_keeps_acknowledged_ones(post
             g.enroll("bob", "Bob", None, [tpl(rng)])
         assert g.search(t.embedding, 1, M, V).matches[0].identity_id == "ada"  # search needs no database
         postgres.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        assert g.enroll("ada", "Ada", None, [t], idempotency_key="k").replayed
+        t0 = time.perf_counter()
+        while True:  # the pool reconnects with back-off
+            try:
+                replay = g.enroll("ada", "Ada", None, [t], idempotency_key="k")
+                break
+            except GalleryUnavailable:
+                assert time.perf_counter() - t0 < 15
+                time.sleep(0.2)
+        assert replay.replayed
         assert g.enroll("bob", "Bob", None, [tpl(rng)]).created
         assert g.count() == 2
     finally:
@@ -326,6 +334,8 @@ def test_unreachable_url_says_what_to_fix():
 
 
 def identified(client, photo, identity_id) -> bool:
+    """Whether Identify of ``photo`` names ``identity_id`` as known. The tests probe with the enrolled photo
+    itself: what they measure is propagation, not recognition (docs/accuracy.json has that)."""
     m = client.identify(photo, top_k=1, probe_face_index=0).match
     return m.known and m.identity_id == identity_id
 
@@ -340,7 +350,7 @@ def test_two_gateways_share_one_gallery(faces, postgres, start_server):
             photos = person_photos(faces, person)
             r = ca.enroll(person, [photos[0]], face_index=0)
             t0 = time.perf_counter()
-            while not identified(cb, photos[1], r.identity.id):  # each try is a full Identify through Triton
+            while not identified(cb, photos[0], r.identity.id):  # each try is a full Identify through Triton
                 assert time.perf_counter() - t0 < PROPAGATION_BOUND_S, f"{person} not identifiable on B"
             delays.append(time.perf_counter() - t0)
         print("gateway A enrol -> gateway B Identify: " + ", ".join(f"{d * 1000:.0f}" for d in delays) + " ms")
@@ -351,9 +361,9 @@ def test_two_gateways_share_one_gallery(faces, postgres, start_server):
         first = next(i for i in ca.list_identities() if i.display_name == people[0])
         cb.delete_identity(first.id)
         t0 = time.perf_counter()
-        while identified(ca, photos[1], first.id):
+        while identified(ca, photos[0], first.id):
             assert time.perf_counter() - t0 < PROPAGATION_BOUND_S
-        assert not identified(cb, photos[1], first.id)
+        assert not identified(cb, photos[0], first.id)
 
 
 def test_restarted_gateway_catches_up_and_survives_killed_connections(faces, postgres, start_server):
@@ -369,14 +379,14 @@ def test_restarted_gateway_catches_up_and_survives_killed_connections(faces, pos
         ca.delete_identity(r1.identity.id)
     gb2 = start_server(gallery_url=url)
     with gb2.client() as cb:
-        assert identified(cb, ph2[1], r2.identity.id)
-        assert not identified(cb, ph1[1], r1.identity.id)
+        assert identified(cb, ph2[0], r2.identity.id)
+        assert not identified(cb, ph1[0], r1.identity.id)
         n = terminate_backends(postgres, url)
         assert n >= 4
         with ga.client() as ca:
             r3 = ca.enroll(p1, [ph1[0]], face_index=0)  # A's pool replaces the dead connections
         t0 = time.perf_counter()
-        while not identified(cb, ph1[1], r3.identity.id):
+        while not identified(cb, ph1[0], r3.identity.id):
             assert time.perf_counter() - t0 < 5.0, "B did not recover its LISTEN connection"
         print(f"after pg_terminate_backend of {n} connections: visible on B in "
               f"{(time.perf_counter() - t0) * 1000:.0f} ms")
@@ -394,13 +404,22 @@ def test_gateway_with_a_lost_database_answers_unavailable(faces, postgres, start
             postgres.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
             terminate_backends(postgres, url)
             with pytest.raises(grpc.RpcError) as err:
-                c.enroll(p, [photos[1]], face_index=0)
+                c.enroll(p, [photos[0]], face_index=0)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "gallery database" in err.value.details() and "retry" in err.value.details()
-            assert identified(c, photos[1], r.identity.id)  # identification goes on from memory
+            assert identified(c, photos[0], r.identity.id)  # identification goes on from memory
         finally:
             postgres.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        assert c.enroll(p, [photos[1]], face_index=0, identity_id=r.identity.id).identity.template_count == 2
+        t0 = time.perf_counter()
+        while True:  # UNAVAILABLE means retry: the pool reconnects with back-off once the database is back
+            try:
+                again = c.enroll(p, [photos[0]], face_index=0, identity_id=r.identity.id)
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE and time.perf_counter() - t0 < 15, exc
+                time.sleep(0.2)
+        print(f"writes accepted again {(time.perf_counter() - t0) * 1000:.0f} ms after the database came back")
+        assert again.identity.template_count == 2
 
 
 def test_server_refuses_to_start_on_an_unreachable_gallery(triton, tmp_path):
