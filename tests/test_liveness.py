@@ -1,0 +1,318 @@
+"""Liveness ceremonies end to end: a real server (face_multitask + face_mesh) on a real Triton.
+
+Bona fide presentations are genuine ceremonies spliced from the real videos of
+shared/data/faces/liveness (tests/liveness_data.py says how: one person's own neutral and action
+segments, in the order the seed asks, on the video's timeline). Attacks, each type measured
+separately (ISO/IEC 30107-3: APCER per attack type, BPCER over the bona fide ceremonies):
+
+1. held photo: identity photos of shared/data/faces/identities (the first of each person) pasted on a
+   background as a hand-held print: random per-frame shift and rotation (hand jitter), a perspective
+   tilt that drifts, brightness/contrast changes and sensor noise, generated here with a fixed RNG;
+2. the real attack samples of liveness/attacks: the three screen-replay videos (played for a seed that
+   their content does not follow) and the attack photos and crops, held as in 1;
+3. a replay of a real video (v01 whole) for seeds whose order the video does not follow;
+4. a replay of a genuine ceremony recorded for another seed;
+5. a face swap (the first challenge by one person, the rest by another) and a second face
+   (two people side by side) mid-ceremony.
+
+A photo with the eyes cut out is out of scope: no such sample exists in the data and a synthetic hole
+would not be an honest stand-in. The server runs with liveness_window_s=3 (stricter than the
+default 6; every genuine challenge here completes within 1.3 s) to keep the attacks short.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+
+from conftest import REPO, RunningServer, need, person_photos
+from liveness_data import VIDEOS, decoded, seed_for, splice
+from mobidem.liveness.challenges import Challenge as C
+from mobidem.liveness.client import ceremony, timed
+from mobidem.v1 import mobidem_pb2 as pb
+
+PASS, FAIL = pb.LivenessOutcome.DECISION_PASS, pb.LivenessOutcome.DECISION_FAIL
+MAX_BPCER = 0.05  # the issue's acceptance: at most 5 % of bona fide ceremonies rejected
+MAX_APCER = 0.0  # goal: no attack of any type passes
+RESULTS: dict[str, list[bool]] = {}  # type -> [passed?]
+DURATIONS: list[float] = []  # capture-time seconds of the genuine ceremonies
+
+
+def record(kind: str, outcome) -> None:
+    RESULTS.setdefault(kind, []).append(outcome is not None and outcome.decision == PASS)
+
+
+@pytest.fixture(scope="module")
+def root(faces):
+    path = faces / "liveness"
+    need((path / "MANIFEST.tsv").is_file(), f"the liveness data is absent ({path})")
+    return path
+
+
+@pytest.fixture(scope="module")
+def mesh_triton(model_repository, tmp_path_factory):
+    """A managed Triton serving the main repository and the face_mesh plugin's (as tests/test_plugins.py)."""
+    from mobidem import modelbuild, plugins
+    from mobidem.managed_triton import ManagedTriton
+
+    try:
+        mesh = plugins.load("face_mesh")
+        modelbuild.build(REPO / "model_repository", plugins=["face_mesh"], echo=lambda _: None)
+    except Exception as exc:  # noqa: BLE001 - not installed or not buildable here
+        need(False, f"the face_mesh plugin is not usable here (pip install -e plugins/facemesh): {exc}")
+    server = ManagedTriton([model_repository, mesh.repository], tmp_path_factory.mktemp("liveness-triton"))
+    server.start(timeout=300)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def start_mesh_server(mesh_triton, tmp_path_factory):
+    """Factory: a gateway with face_multitask + face_mesh on that Triton (stopped at the end)."""
+    from mobidem import config
+
+    started = []
+
+    def start(**overrides):
+        env = {"MOBIDEM_DATA_DIR": str(tmp_path_factory.mktemp("data")), "MOBIDEM_LISTEN": "127.0.0.1:0",
+               "MOBIDEM_TRITON_URL": mesh_triton.grpc_url, "MOBIDEM_METRICS_LISTEN": "",
+               "MOBIDEM_FACE_PLUGINS": "face_multitask,face_mesh"}
+        env.update({f"MOBIDEM_{k.upper()}": str(v) for k, v in overrides.items()})
+        started.append(RunningServer(config.load(None, environ=env)))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(start_mesh_server):
+    return start_mesh_server(liveness_test_mode="true", liveness_max_failures="0", liveness_window_s="3")
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    with server.client() as c:
+        yield c.liveness
+
+
+def run(stub, frames, fps, order=None, seed=None, **kw):
+    seed = seed if seed is not None else seed_for(order)
+    return ceremony(stub, timed(frames, fps), test_seed=seed, **kw)
+
+
+# --------------------------------------------------------------------------- bona fide
+
+
+GENUINE = [(video, order) for video, (_, actions, _) in VIDEOS.items()
+           for order in list(itertools.permutations(actions))[::2]]  # 3 of the 6 orders per video
+
+
+@pytest.mark.parametrize("video,order", GENUINE, ids=[f"{v}-{'-'.join(c.name for c in o)}" for v, o in GENUINE])
+def test_genuine_ceremony_passes(stub, root, video, order):
+    frames, fps = splice(root, video, order)
+    prompts, outcome = run(stub, frames, fps, order)
+    record("bona fide", outcome)
+    DURATIONS.append(outcome.duration_s)
+    assert [p.challenge for p in prompts] == [int(c) for c in order]  # the seed's order, one prompt at a time
+    assert [p.index for p in prompts] == [0, 1, 2] and all(p.count == 3 for p in prompts)
+    assert outcome.decision == PASS, list(outcome.reasons)
+    assert 0.5 <= outcome.score <= 1.0 and not outcome.reasons
+    starts = [t.started_s for t in outcome.challenges]
+    assert starts == sorted(starts) and all(t.completed for t in outcome.challenges)
+    assert all(0 < t.completed_s - t.started_s <= t.window_s for t in outcome.challenges)
+
+
+# --------------------------------------------------------------------------- attack 1, 2: held pictures
+
+
+def held(photo: np.ndarray, seconds: float = 4.0, fps: float = 10.0, seed: int = 0) -> list[np.ndarray]:
+    """A picture held in front of a camera: a 640x480 frame, the picture ~300 px tall on a grey wall,
+    moved by a hand (shift and rotation jitter), tilted in perspective (drifting), with changing
+    brightness and contrast and sensor noise."""
+    rng = np.random.default_rng(seed)
+    h, w = photo.shape[:2]
+    scale = 300 / h
+    pw, ph = w * scale, h * scale
+    frames = []
+    for i in range(int(seconds * fps)):
+        cx, cy = 320 + rng.normal(0, 6), 240 + rng.normal(0, 6)
+        angle = np.radians(rng.normal(0, 2))
+        tilt = 0.08 * np.sin(i / 7) + rng.normal(0, 0.01)  # the print turns a little about its vertical axis
+        corners = np.array([[-pw / 2 * (1 - tilt), -ph / 2 * (1 + tilt)], [pw / 2 * (1 + tilt), -ph / 2 * (1 - tilt)],
+                            [pw / 2 * (1 + tilt), ph / 2 * (1 - tilt)], [-pw / 2 * (1 - tilt), ph / 2 * (1 + tilt)]])
+        rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        dst = (corners @ rot.T + [cx, cy]).astype(np.float32)
+        src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+        wall = np.full((480, 640, 3), 110, np.uint8)
+        frame = cv2.warpPerspective(photo, cv2.getPerspectiveTransform(src, dst), (640, 480), dst=wall,
+                                    borderMode=cv2.BORDER_TRANSPARENT)
+        gain, bias = 1 + 0.15 * np.sin(i / 5) + rng.normal(0, 0.02), rng.normal(0, 6)
+        noisy = frame.astype(np.float32) * gain + bias + rng.normal(0, 3, frame.shape)
+        frames.append(np.clip(noisy, 0, 255).astype(np.uint8))
+    return frames
+
+
+def rgb(path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def test_held_identity_photos_fail(stub, faces):
+    photos = [p for person in sorted((faces / "identities").iterdir()) if person.is_dir()
+              for p in person_photos(faces, person.name)[:1]]
+    need(len(photos) >= 26, "the identity photos are absent")
+    orders = list(itertools.permutations(list(C), 3))
+    for i, path in enumerate(photos):
+        _, outcome = run(stub, held(rgb(path), seed=i), 10.0, orders[i * 7 % len(orders)])
+        record("1 held identity photo", outcome)
+        assert outcome.decision == FAIL, (path, list(outcome.reasons))
+
+
+def test_real_attack_samples_fail(stub, root):
+    samples = sorted((root / "attacks" / "images").glob("*")) + sorted((root / "attacks" / "crops").glob("*")) \
+        + sorted((root / "attacks" / "nuaa_print").glob("*"))
+    orders = list(itertools.permutations(list(C), 3))
+    for i, path in enumerate(samples):
+        _, outcome = run(stub, held(rgb(path), seed=100 + i), 10.0, orders[i * 11 % len(orders)])
+        record("2 real attack sample (photo/crop)", outcome)
+        assert outcome.decision == FAIL, (path, list(outcome.reasons))
+    # the screen replays, whole, each for a turn-first seed (a01 replays v01, whose first action is a
+    # turn to the subject's left: asked to turn right first, it does the wrong thing)
+    for i, path in enumerate(sorted((root / "attacks" / "videos").glob("*.mp4"))):
+        frames, fps = decoded(str(path))
+        step = max(1, round(fps / 15))
+        _, outcome = run(stub, list(frames[::step]), fps / step, (C.TURN_RIGHT, C.LOOK_UP, C.BLINK))
+        record("2 real attack sample (replay video)", outcome)
+        assert outcome.decision == FAIL, (path, list(outcome.reasons))
+
+
+# --------------------------------------------------------------------------- attack 3, 4: replays
+
+
+def test_replay_of_a_real_video_that_does_not_follow_the_challenge_fails(stub, root):
+    """v01 as recorded does: turn left (nose to image-right), turn right, (look down), look up. Every
+    other order of those three must fail; so must orders with actions it never does."""
+    frames, fps = decoded(str(root / "videos" / VIDEOS["v01"][0]))
+    frames = list(frames[::2])
+    natural = (C.TURN_LEFT, C.TURN_RIGHT, C.LOOK_UP)
+    orders = [o for o in itertools.permutations(natural) if o != natural] + [(C.SMILE, C.TURN_LEFT, C.BLINK)]
+    for order in orders:
+        _, outcome = run(stub, frames, fps / 2, order)
+        record("3 replay not following the challenge", outcome)
+        assert outcome.decision == FAIL, (order, list(outcome.reasons))
+
+
+def test_replay_of_a_genuine_ceremony_for_another_seed_fails(stub, root):
+    for video in ("v01", "v02", "v09"):
+        actions = list(VIDEOS[video][1])
+        recorded = tuple(actions)
+        frames, fps = splice(root, video, recorded)
+        for other in [o for o in itertools.permutations(actions) if o != recorded][::2]:
+            _, outcome = run(stub, frames, fps, other)
+            record("4 replay of a ceremony for another seed", outcome)
+            assert outcome.decision == FAIL, (video, other, list(outcome.reasons))
+
+
+# --------------------------------------------------------------------------- attack 5: swap, second face
+
+
+def test_face_swap_and_second_face_fail(stub, root):
+    order = (C.TURN_LEFT, C.TURN_RIGHT, C.LOOK_UP)
+    a, fps = splice(root, "v01", order)
+    b, _ = splice(root, "v03", order)
+    # swap: v01's person does the first challenge and its return to neutral, v03's person the rest
+    cut = len(a) // 3
+    size = (a[0].shape[1], a[0].shape[0])
+    swapped = a[:cut] + [cv2.resize(f, size) for f in b[len(b) // 3:]]  # v03 fitted into v01's frame size
+    _, outcome = run(stub, swapped, fps, order)
+    record("5 face swap mid-ceremony", outcome)
+    assert outcome.decision == FAIL, list(outcome.reasons)
+    # second face: from the second challenge on, another real person (v05, neutral frames) stands beside
+    other, _ = decoded(str(root / "videos" / "v05_pyfeat_webcam_smile.mp4"))
+    h = a[0].shape[0]
+    guest = cv2.resize(other[5], (other[5].shape[1] * h // other[5].shape[0], h))
+    wall = np.full_like(guest, 110)  # before the guest steps in: a plain wall where they will stand
+    two = [np.concatenate([f, wall if i < cut else guest], axis=1) for i, f in enumerate(a)]
+    _, outcome = run(stub, two, fps, order)
+    record("5 second face mid-ceremony", outcome)
+    assert outcome.decision == FAIL, list(outcome.reasons)
+    assert any("faces in view" in r or "track" in r for r in outcome.reasons), list(outcome.reasons)
+
+
+# --------------------------------------------------------------------------- protocol, test mode, limits
+
+
+def test_seeded_ceremony_refused_without_test_mode_and_limits(start_mesh_server, root):
+    server = start_mesh_server(liveness_max_failures="2")
+    frames, fps = splice(root, "v01", (C.TURN_LEFT, C.TURN_RIGHT, C.LOOK_UP))
+    with server.client() as c:
+        with pytest.raises(grpc.RpcError) as info:
+            ceremony(c.liveness, timed(frames[:3], fps), test_seed=1)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "liveness_test_mode" in info.value.details()
+        # a real ceremony: the first message is the first prompt, sent only after the options
+        prompts, outcome = ceremony(c.liveness, timed(frames[:40], fps))
+        assert len(prompts) >= 1 and prompts[0].index == 0 and prompts[0].challenge in [int(x) for x in C]
+        assert outcome.decision == FAIL  # 40 frames cannot finish (the stream ended, or wrong action)
+        # capture times running ahead of the clock (a recording sent faster than real time): FAIL
+        _, outcome = ceremony(c.liveness, timed(frames[:60], fps * 4))
+        assert outcome.decision == FAIL
+        assert any("ahead of the server's clock" in r or "frames per second" in r for r in outcome.reasons)
+        # two failures by this client in the window: the third ceremony is refused
+        with pytest.raises(grpc.RpcError) as info:
+            ceremony(c.liveness, timed(frames[:3], fps))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "2 failed liveness ceremonies" in info.value.details()
+        # per identity as well: an identity that does not exist is NOT_FOUND, not counted
+        with pytest.raises(grpc.RpcError) as info:
+            ceremony(c.liveness, iter([]), identity_id="nobody")
+        assert info.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def test_frames_need_capture_times(stub, root):
+    frames, fps = splice(root, "v01", (C.TURN_LEFT, C.TURN_RIGHT, C.LOOK_UP))
+    with pytest.raises(grpc.RpcError) as info:
+        ceremony(stub, iter([(0.0, frames[0])]), test_seed=1)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "capture_time" in info.value.details()
+
+
+def test_genuine_ceremony_with_a_one_to_one(stub, root, server):
+    """v09's person enrolled from one of its own frames: the ceremony passes with a match; against
+    another person's reference photo it fails on the 1:1."""
+    frames, fps = splice(root, "v09", (C.SMILE, C.BLINK, C.OPEN_MOUTH))
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(decoded(str(root / "videos" / VIDEOS["v09"][0]))[0][140],
+                                                 cv2.COLOR_RGB2BGR))
+    _, outcome = run(stub, frames, fps, (C.SMILE, C.BLINK, C.OPEN_MOUTH), reference=jpeg.tobytes())
+    assert outcome.decision == PASS and outcome.verified and outcome.match, list(outcome.reasons)
+    assert outcome.distance <= outcome.threshold
+    other = (root / "genuine" / "vietmoney_true_001.jpg").read_bytes()
+    _, outcome = run(stub, frames, fps, (C.SMILE, C.BLINK, C.OPEN_MOUTH), reference=other)
+    assert outcome.decision == FAIL and outcome.verified and not outcome.match
+    assert any("does not match" in r for r in outcome.reasons)
+
+
+def test_report_error_rates():
+    """BPCER over the bona fide ceremonies, APCER per attack type (printed; asserted against the goals)."""
+    need("bona fide" in RESULTS, "the ceremonies above did not run")
+    lines = []
+    for kind, passed in sorted(RESULTS.items()):
+        rate = (sum(not p for p in passed) if kind == "bona fide" else sum(passed)) / len(passed)
+        lines.append(f"{'BPCER' if kind == 'bona fide' else 'APCER'} {kind}: {rate:.1%} of {len(passed)}")
+    print("\n" + "\n".join(lines))
+    bona = RESULTS["bona fide"]
+    assert sum(not p for p in bona) / len(bona) <= MAX_BPCER, lines
+    for kind, passed in RESULTS.items():
+        if kind != "bona fide":
+            assert sum(passed) / len(passed) <= MAX_APCER, lines
+
+
+def test_time_a_genuine_user_needs():
+    """Median seconds of capture time a genuine ceremony took (printed for docs/LIVENESS.md)."""
+    need(bool(DURATIONS), "the genuine ceremonies did not run")
+    print(f"\nmedian genuine ceremony: {np.median(DURATIONS):.2f} s over {len(DURATIONS)}")
+
