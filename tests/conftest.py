@@ -208,7 +208,9 @@ class PostgresCluster:
             pw = pwd.getpwnam("postgres")
             os.chown(root, pw.pw_uid, pw.pw_gid)
             self.prefix = ["runuser", "-u", "postgres", "--"]
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
+        # ICU en-US collation, as most real clusters sort text (not byte order): the gallery must not depend on it
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync",
+                  "--locale=C.UTF-8", "--locale-provider=icu", "--icu-locale=en-US")
         self.start()
         self._n = 0
 
