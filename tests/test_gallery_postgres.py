@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 import statistics
 import time
+import urllib.request
 
 import grpc
 import numpy as np
@@ -408,6 +409,10 @@ def test_gateway_with_a_lost_database_answers_unavailable(faces, postgres, start
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "gallery database" in err.value.details() and "retry" in err.value.details()
             assert identified(c, photos[0], r.identity.id)  # identification goes on from memory
+            with urllib.request.urlopen(f"http://127.0.0.1:{g.server.metrics_port}/metrics", timeout=10) as resp:
+                text = resp.read().decode()  # the scrape does not need the database either
+            assert any(line.startswith("mobidem_gallery_identities") and line.endswith(" 1.0")
+                       for line in text.splitlines()), [ln for ln in text.splitlines() if "gallery" in ln]
         finally:
             postgres.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         t0 = time.perf_counter()

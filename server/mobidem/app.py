@@ -127,7 +127,8 @@ class MobidemServer:
         if self.pipeline.embedder is not None:
             self._check_calibration(points, planned)
         self.identities = IdentityService(self.gallery, self.pipeline, points, s.operating_point, self.metrics)
-        self.metrics.gallery_identities.set_function(self.gallery.count)
+        self.metrics.gallery_identities.set_function(  # a shared gallery: from memory, a scrape must not need the DB
+            self.gallery.count if self.gallery.follower is None else lambda: self.gallery.index.identity_count())
         self.metrics.gallery_templates.set_function(lambda: len(self.gallery.index))
         if self.pipeline.embedder is not None:
             self.identities.model_version = await self.triton.model_version(self.pipeline.embedder_model)

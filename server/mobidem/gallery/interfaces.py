@@ -40,11 +40,17 @@ class Change:
 
 @runtime_checkable
 class ChangeFeed(Protocol):
-    channel: str  # what a follower listens to (PostgreSQL LISTEN/NOTIFY channel)
+    channel: str  # what a follower listens to (PostgreSQL LISTEN/NOTIFY channel; follower.py speaks
+    url: str      # PostgreSQL's protocol for it: another feed brings its own follower)
+    where: str    # the URL without its password, for messages
 
     def load_snapshot(self, sink: Callable[[Iterator[TemplateRecord]], object]) -> tuple[int, dict[str, str]]:
         """Feed every template to ``sink`` from one consistent snapshot; returns (the last change's seq in it,
         display names by identity id)."""
+        ...
+
+    def last_seq(self) -> int:
+        """The newest change's seq (0: none)."""
         ...
 
     def changes_since(self, seq: int, limit: int = 1000) -> tuple[list[Change], dict[str, TemplateRecord]]:
