@@ -432,3 +432,41 @@ def test_server_refuses_to_start_on_an_unreachable_gallery(triton, tmp_path):
                         gallery_timeout_s=1)
     assert exc is not None and "cannot connect to the gallery database" in str(exc)
     assert "check gallery_url" in str(exc)
+
+
+def test_concurrent_writers_on_two_gateways_leave_every_index_complete(postgres):
+    """Sequence order must be commit order: a follower that skipped a change committed late (a lower seq
+    seen after a higher one) would miss its templates for good."""
+    import threading
+
+    url = postgres.database()
+    a, b = Gallery.from_url(url, pool_size=4), Gallery.from_url(url, pool_size=4)
+    errors = []
+
+    def writer(g, n, seed):
+        r = np.random.default_rng(seed)
+        try:
+            for i in range(n):
+                g.enroll(None, f"W{seed}-{i}", None, [tpl(r), tpl(r)])
+                if i % 5 == 4:
+                    g.delete(g.enroll(None, "tmp", None, [tpl(r)]).identity.id)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=writer, args=(g, 20, s)) for s, g in enumerate([a, b, a, b, a, b])]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors
+        expected = a.store.template_count()
+        assert expected == 6 * 20 * 2 and a.store.count() == 120
+        for g in (a, b):
+            wait_for(lambda: len(g.index) == expected, PROPAGATION_BOUND_S + 1)
+            assert g.index.identity_count() == 120
+        time.sleep(1.5)  # a later catch-up must not add anything twice
+        assert len(a.index) == len(b.index) == expected
+    finally:
+        a.close()
+        b.close()
