@@ -40,10 +40,25 @@ def pairs(a, b, min_iou: float = 0.5) -> list[tuple[int, int]]:
 
 
 def inferences(triton, model: str) -> int:
+    """Triton's own count of items the model ran. Triton updates it when a request is released, which
+    can be just after its response reached us: read until two reads 0.3 s apart agree."""
+    import time
+
     import tritonclient.grpc as grpcclient
 
-    stats = grpcclient.InferenceServerClient(triton.grpc_url).get_inference_statistics(model, as_json=True)
-    return sum(int(m.get("inference_count", 0)) for m in stats["model_stats"])
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+
+    def read():
+        stats = client.get_inference_statistics(model, as_json=True)
+        return sum(int(m.get("inference_count", 0)) for m in stats["model_stats"])
+
+    last = read()
+    while True:
+        time.sleep(0.3)
+        now = read()
+        if now == last:
+            return now
+        last = now
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +114,10 @@ def test_embedder_runs_at_least_three_times_less(both):
     assert on_calls * 3 <= off_calls
 
 
+# who of the enrolled people is in each video: both in the Hamilton clip, neither in the 1080p crowd
+PRESENT = {"short_hamilton_clip.mp4": {"lin_manuel_miranda", "alex_lacamoire"}, "facenet_pytorch_video.mp4": set()}
+
+
 def test_enrolled_people_named_at_least_as_often_and_never_as_someone_else(both):
     video, names, runs = both
     (off, _), (on, _) = runs[pb.TRACKING_OFF], runs[pb.TRACKING_ON]
@@ -107,8 +126,11 @@ def test_enrolled_people_named_at_least_as_often_and_never_as_someone_else(both)
         return sum(any(f.identity.known and names[f.identity.identity_id] == person for f in r.faces) for r in results)
 
     for person in names.values():
-        print(f"{video}: {person} named in {named(on, person)} frames with tracking, {named(off, person)} without")
-        assert named(on, person) >= named(off, person)
+        where = "in the video" if person in PRESENT[video] else "not in the video: false accepts"
+        print(f"{video}: {person} ({where}) named in {named(on, person)} frames with tracking, "
+              f"{named(off, person)} without")
+        if person in PRESENT[video]:
+            assert named(on, person) >= named(off, person)
     contradictions = {"on names someone off names otherwise": 0, "off names someone on names otherwise": 0}
     for a, b in zip(off, on):
         for i, j in pairs(a, b):

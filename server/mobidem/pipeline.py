@@ -164,13 +164,17 @@ class Pipeline:
     async def detect_near(self, image: np.ndarray, boxes: np.ndarray,
                           min_face_size: int = 0) -> list[Detection] | None:
         """The faces found near the expected ``boxes`` (a tracked stream between key frames), one per
-        face (two expected boxes that found the same face keep it once); None when one of them was
-        not found (the face left, turned away, or the scene changed): then the caller looks everywhere."""
+        face (two expected boxes that found the same face keep it once); None when half of them or
+        more were not found (the face left or turned away, the scene changed): then the caller looks
+        everywhere. A few missing faces of a crowd (small faces the detector sees in one frame and not
+        the next) are left to the next key frame: searching the whole frame for them every frame
+        would cost what tracking saves."""
         found = await self.plugins.detector.detect_near(image, boxes, self)
-        if any(d is None for d in found):
+        if 2 * sum(d is None for d in found) >= len(found):
             return None
         smallest = max(self.config.min_face_px, min_face_size)
-        found = sorted((d for d in found if min(d.width, d.height) >= smallest), key=lambda d: -d.score)
+        found = sorted((d for d in found if d is not None and min(d.width, d.height) >= smallest),
+                       key=lambda d: -d.score)
         kept: list[Detection] = []
         for d in found:
             if all(_overlap(d.box, k.box) <= 0.5 for k in kept):

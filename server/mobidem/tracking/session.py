@@ -6,7 +6,7 @@ sections, mobidem.streaming.Turn):
 0. ``plan_detection`` (before detection): on a key frame (every ``detect_every_frames``-th, and
    whenever no face is tracked) the detector looks at the whole image; in between it only looks
    for each tracked face near where its track expects it (when the detector can), and everywhere
-   when one of them is not found there; a new face is found within ``detect_every_frames`` frames;
+   when half of them or more are not found there; a new face is found within ``detect_every_frames`` frames;
 1. ``assign`` (after detection, in the same section): each face gets its track, and a plan says whether it is embedded
    in this frame (fresh) or only gets the cheap per-frame fields (expression);
 2. ``conclude`` (after the face models): fresh embeddings join their track, the track's identity is
