@@ -260,9 +260,12 @@ def test_seeded_ceremony_refused_without_test_mode_and_limits(start_mesh_server,
         assert len(prompts) >= 1 and prompts[0].index == 0 and prompts[0].challenge in [int(x) for x in C]
         assert outcome.decision == FAIL  # 40 frames cannot finish (the stream ended, or wrong action)
         # capture times running ahead of the clock (a recording sent faster than real time): FAIL
-        _, outcome = ceremony(c.liveness, timed(frames[:60], fps * 4))
+        # (the person stays neutral, frames 0-50 of v01, so that no wrong action can end it first)
+        still, still_fps = decoded(str(root / "videos" / VIDEOS["v01"][0]))
+        _, outcome = ceremony(c.liveness, timed(list(still[:50]), still_fps * 8))  # 240 frames/s claimed
         assert outcome.decision == FAIL
-        assert any("ahead of the server's clock" in r or "frames per second" in r for r in outcome.reasons)
+        assert any("ahead of the server's clock" in r or "frames per second" in r for r in outcome.reasons), \
+            list(outcome.reasons)
         # two failures by this client in the window: the third ceremony is refused
         with pytest.raises(grpc.RpcError) as info:
             ceremony(c.liveness, timed(frames[:3], fps))
