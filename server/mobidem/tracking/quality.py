@@ -8,9 +8,9 @@
 - sharpness: the variance of the Laplacian of the aligned chip's grey centre (a standard focus
   measure), mapped to v / (v + 10) so that a sharp chip scores near 1 and a motion-blurred one low.
 
-docs/TRACKING.md measures it: on the shared videos, faces of higher quality are closer to their
-person's enrolled template. The tracker embeds a face again when its quality beats the best
-embedded one of its track by a margin.
+The tracker embeds a face again when its quality beats the best embedded one of its track by a
+margin. docs/TRACKING.md measures it (bench/quality_study.py): on the Hamilton clip's faces of
+Lin-Manuel Miranda it does not predict the distance to his template (a sample of good faces only).
 """
 
 from __future__ import annotations
