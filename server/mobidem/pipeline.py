@@ -23,6 +23,7 @@ import numpy as np
 from mobidem.errors import FailedPrecondition
 from mobidem.imaging import Decoded
 from mobidem.plugins import Detection, FacePlugin, PluginSet
+from mobidem.tracking.motion import iou_matrix
 from mobidem.tracking.quality import face_quality
 from mobidem.triton_client import TritonClient
 from mobidem.vision.align import CHIP_SIZE, align_chip
@@ -177,7 +178,7 @@ class Pipeline:
                        key=lambda d: -d.score)
         kept: list[Detection] = []
         for d in found:
-            if all(_overlap(d.box, k.box) <= 0.5 for k in kept):
+            if not kept or iou_matrix([d.box], [k.box for k in kept]).max() <= 0.5:
                 kept.append(d)
         return kept[: self.config.max_faces]
 
@@ -342,13 +343,6 @@ def _scaled_points(value: Any, scale: int) -> Any:
     if isinstance(value, np.ndarray) and value.ndim == 2 and value.shape[1] == 2 and value.dtype.kind == "f":
         return value * scale
     return value
-
-
-def _overlap(a: np.ndarray, b: np.ndarray) -> float:
-    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def _chips_and_quality(image: np.ndarray, detections: list[Detection],

@@ -151,17 +151,10 @@ def best_near(found: list[Detection], expected: np.ndarray) -> Detection | None:
     """The most confident of ``found`` that overlaps the expected box enough, else None."""
     best = None
     for d in found:
-        if _iou(d.box, expected) >= NEAR_MIN_IOU and (best is None or d.score > best.score):
+        iou = float(blazeface.iou_one_to_many(np.asarray(d.box), np.asarray(expected, np.float64)[None])[0])
+        if iou >= NEAR_MIN_IOU and (best is None or d.score > best.score):
             best = d
     return best
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
-    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 class BlazeFace(DetectorPlugin):

@@ -32,19 +32,13 @@ from .interfaces import Change
 from .records import DEFAULT_DIM, EnrollResult, Identity, ModelVersion, TemplateIn, TemplateRecord
 from .store import (
     DEFAULT_PAGE_SIZE,
-    MAX_DISPLAY_NAME,
-    MAX_IDEMPOTENCY_KEY,
     MAX_PAGE_SIZE,
-    MAX_TEMPLATES_PER_ENROLL,
-    _check_identity_id,
     _check_metadata,
-    _check_str,
-    _check_template,
     _decode_token,
     _encode_token,
     _identity_from_json,
     _identity_to_json,
-    compute_request_hash,
+    check_enroll,
 )
 
 log = logging.getLogger(__name__)
@@ -254,23 +248,8 @@ class PostgresGallery:
                templates: Sequence[TemplateIn], idempotency_key: str | None = None, request_hash: str | None = None,
                merge_metadata: bool = False) -> EnrollResult:
         """As ``SqliteGallery.enroll``; one transaction that also appends an ``upsert`` change and notifies."""
-        if identity_id is not None:
-            _check_identity_id(identity_id)
-        if display_name is not None:
-            _check_str("display_name", display_name, MAX_DISPLAY_NAME)
-        meta = None if metadata is None else _check_metadata(metadata)
-        if isinstance(templates, (TemplateIn, np.ndarray)) or not isinstance(templates, Sequence):
-            raise InvalidArgument("templates must be a sequence of TemplateIn")
-        if not templates:
-            raise InvalidArgument("at least one template is required")
-        if len(templates) > MAX_TEMPLATES_PER_ENROLL:
-            raise InvalidArgument(f"at most {MAX_TEMPLATES_PER_ENROLL} templates per enrolment")
-        checked = [_check_template(t, self.dim) for t in templates]
-        if idempotency_key is not None:
-            _check_str("idempotency_key", idempotency_key, MAX_IDEMPOTENCY_KEY)
-            if request_hash is None:
-                request_hash = compute_request_hash(identity_id, display_name, meta, templates)
-            _check_str("request_hash", request_hash, 1024)
+        meta, checked, request_hash = check_enroll(identity_id, display_name, metadata, templates, self.dim,
+                                                   idempotency_key, request_hash)
 
         with self._conn(writing=True) as c, c.transaction():
             c.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))

@@ -190,6 +190,31 @@ def _check_embedding(embedding: object, dim: int) -> np.ndarray:
     return arr
 
 
+def check_enroll(identity_id: str | None, display_name: str | None, metadata: Mapping[str, str] | None,
+                 templates: Sequence[TemplateIn], dim: int, idempotency_key: str | None,
+                 request_hash: str | None) -> tuple[dict | None, list, str | None]:
+    """An enrolment request checked before any store touches its database: (metadata, checked
+    templates, request hash: computed from the content when an idempotency key comes without one)."""
+    if identity_id is not None:
+        _check_identity_id(identity_id)
+    if display_name is not None:
+        _check_str("display_name", display_name, MAX_DISPLAY_NAME)
+    meta = None if metadata is None else _check_metadata(metadata)
+    if isinstance(templates, (TemplateIn, np.ndarray)) or not isinstance(templates, Sequence):
+        raise InvalidArgument("templates must be a sequence of TemplateIn")
+    if not templates:
+        raise InvalidArgument("at least one template is required")
+    if len(templates) > MAX_TEMPLATES_PER_ENROLL:
+        raise InvalidArgument(f"at most {MAX_TEMPLATES_PER_ENROLL} templates per enrolment")
+    checked = [_check_template(t, dim) for t in templates]
+    if idempotency_key is not None:
+        _check_str("idempotency_key", idempotency_key, MAX_IDEMPOTENCY_KEY)
+        if request_hash is None:
+            request_hash = compute_request_hash(identity_id, display_name, meta, templates)
+        _check_str("request_hash", request_hash, 1024)
+    return meta, checked, request_hash
+
+
 def _check_template(t: object, dim: int) -> tuple[np.ndarray, str, str, float | None]:
     if not isinstance(t, TemplateIn):
         raise InvalidArgument(f"templates must be TemplateIn, got {type(t).__name__}")
@@ -463,23 +488,8 @@ class SqliteGallery:
         ``request_hash`` is None it is computed from the request content.
         """
         # Validate everything before touching the database.
-        if identity_id is not None:
-            _check_identity_id(identity_id)
-        if display_name is not None:
-            _check_str("display_name", display_name, MAX_DISPLAY_NAME)
-        meta = None if metadata is None else _check_metadata(metadata)
-        if isinstance(templates, (TemplateIn, np.ndarray)) or not isinstance(templates, Sequence):
-            raise InvalidArgument("templates must be a sequence of TemplateIn")
-        if not templates:
-            raise InvalidArgument("at least one template is required")
-        if len(templates) > MAX_TEMPLATES_PER_ENROLL:
-            raise InvalidArgument(f"at most {MAX_TEMPLATES_PER_ENROLL} templates per enrolment")
-        checked = [_check_template(t, self.dim) for t in templates]
-        if idempotency_key is not None:
-            _check_str("idempotency_key", idempotency_key, MAX_IDEMPOTENCY_KEY)
-            if request_hash is None:
-                request_hash = compute_request_hash(identity_id, display_name, meta, templates)
-            _check_str("request_hash", request_hash, 1024)
+        meta, checked, request_hash = check_enroll(identity_id, display_name, metadata, templates, self.dim,
+                                                   idempotency_key, request_hash)
 
         with self._lock:
             self._check_open()

@@ -189,7 +189,7 @@ def to_input(letterboxed: np.ndarray) -> np.ndarray:
 # Detection (box, score, keypoints in image pixels) is the plugin interface's type.
 
 
-def _iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+def iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     x0 = np.maximum(box[0], boxes[:, 0])
     y0 = np.maximum(box[1], boxes[:, 1])
     x1 = np.minimum(box[2], boxes[:, 2])
@@ -222,7 +222,7 @@ def weighted_nms(
         if not alive[i]:
             continue
         idx = np.nonzero(alive)[0]
-        ious = _iou_one_to_many(boxes[i], boxes[idx])
+        ious = iou_one_to_many(boxes[i], boxes[idx])
         members = idx[ious > iou_threshold]
         members = np.union1d(members, [i])
         w = scores[members]
