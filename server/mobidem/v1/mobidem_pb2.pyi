@@ -503,16 +503,18 @@ class EvidenceKeys(_message.Message):
     def __init__(self, jwks: _Optional[str] = ..., active_kid: _Optional[str] = ...) -> None: ...
 
 class LivenessOptions(_message.Message):
-    __slots__ = ("identity_id", "reference_image", "operating_point", "test_seed")
+    __slots__ = ("identity_id", "reference_image", "operating_point", "test_seed", "transaction_ref")
     IDENTITY_ID_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_IMAGE_FIELD_NUMBER: _ClassVar[int]
     OPERATING_POINT_FIELD_NUMBER: _ClassVar[int]
     TEST_SEED_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_REF_FIELD_NUMBER: _ClassVar[int]
     identity_id: str
     reference_image: Image
     operating_point: str
     test_seed: int
-    def __init__(self, identity_id: _Optional[str] = ..., reference_image: _Optional[_Union[Image, _Mapping]] = ..., operating_point: _Optional[str] = ..., test_seed: _Optional[int] = ...) -> None: ...
+    transaction_ref: str
+    def __init__(self, identity_id: _Optional[str] = ..., reference_image: _Optional[_Union[Image, _Mapping]] = ..., operating_point: _Optional[str] = ..., test_seed: _Optional[int] = ..., transaction_ref: _Optional[str] = ...) -> None: ...
 
 class LivenessRequest(_message.Message):
     __slots__ = ("options", "frame")
@@ -553,7 +555,7 @@ class ChallengeTiming(_message.Message):
     def __init__(self, challenge: _Optional[_Union[Challenge, str]] = ..., completed: _Optional[bool] = ..., started_s: _Optional[float] = ..., completed_s: _Optional[float] = ..., window_s: _Optional[float] = ...) -> None: ...
 
 class LivenessOutcome(_message.Message):
-    __slots__ = ("decision", "reasons", "challenges", "score", "ceremony_id", "frames", "duration_s", "verified", "match", "distance", "threshold", "operating_point")
+    __slots__ = ("decision", "reasons", "challenges", "score", "ceremony_id", "frames", "duration_s", "verified", "match", "distance", "threshold", "operating_point", "evidence", "evidence_record_id")
     class Decision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         DECISION_UNSPECIFIED: _ClassVar[LivenessOutcome.Decision]
@@ -574,6 +576,8 @@ class LivenessOutcome(_message.Message):
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     OPERATING_POINT_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_RECORD_ID_FIELD_NUMBER: _ClassVar[int]
     decision: LivenessOutcome.Decision
     reasons: _containers.RepeatedScalarFieldContainer[str]
     challenges: _containers.RepeatedCompositeFieldContainer[ChallengeTiming]
@@ -586,7 +590,9 @@ class LivenessOutcome(_message.Message):
     distance: float
     threshold: float
     operating_point: str
-    def __init__(self, decision: _Optional[_Union[LivenessOutcome.Decision, str]] = ..., reasons: _Optional[_Iterable[str]] = ..., challenges: _Optional[_Iterable[_Union[ChallengeTiming, _Mapping]]] = ..., score: _Optional[float] = ..., ceremony_id: _Optional[str] = ..., frames: _Optional[int] = ..., duration_s: _Optional[float] = ..., verified: _Optional[bool] = ..., match: _Optional[bool] = ..., distance: _Optional[float] = ..., threshold: _Optional[float] = ..., operating_point: _Optional[str] = ...) -> None: ...
+    evidence: str
+    evidence_record_id: str
+    def __init__(self, decision: _Optional[_Union[LivenessOutcome.Decision, str]] = ..., reasons: _Optional[_Iterable[str]] = ..., challenges: _Optional[_Iterable[_Union[ChallengeTiming, _Mapping]]] = ..., score: _Optional[float] = ..., ceremony_id: _Optional[str] = ..., frames: _Optional[int] = ..., duration_s: _Optional[float] = ..., verified: _Optional[bool] = ..., match: _Optional[bool] = ..., distance: _Optional[float] = ..., threshold: _Optional[float] = ..., operating_point: _Optional[str] = ..., evidence: _Optional[str] = ..., evidence_record_id: _Optional[str] = ...) -> None: ...
 
 class LivenessResponse(_message.Message):
     __slots__ = ("prompt", "outcome")
