@@ -22,7 +22,11 @@ default 6; every genuine challenge here completes within 1.3 s) to keep the atta
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import subprocess
+import sys
 
 import cv2
 import grpc
@@ -33,6 +37,7 @@ from conftest import REPO, RunningServer, need, person_photos
 from liveness_data import VIDEOS, decoded, seed_for, splice
 from mobidem.liveness.challenges import Challenge as C
 from mobidem.liveness.client import ceremony, timed
+from mobidem.client import to_image
 from mobidem.v1 import mobidem_pb2 as pb
 
 PASS, FAIL = pb.LivenessOutcome.DECISION_PASS, pb.LivenessOutcome.DECISION_FAIL
@@ -162,7 +167,7 @@ def rgb(path) -> np.ndarray:
     return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
-def test_held_identity_photos_fail(stub, faces):
+def test_held_identity_photos_fail(stub, faces, server):
     photos = [p for person in sorted((faces / "identities").iterdir()) if person.is_dir()
               for p in person_photos(faces, person.name)[:1]]
     need(len(photos) >= 26, "the identity photos are absent")
@@ -171,6 +176,10 @@ def test_held_identity_photos_fail(stub, faces):
         _, outcome = run(stub, held(rgb(path), seed=i), 10.0, orders[i * 7 % len(orders)])
         record("1 held identity photo", outcome)
         assert outcome.decision == FAIL, (path, list(outcome.reasons))
+        if i == 0:  # a failed ceremony is signed too, with its reasons
+            claims = signed_claims(server, outcome)
+            assert claims["kind"] == "liveness" and claims["decision"] == "fail"
+            assert claims["liveness"]["outcome"] == "fail" and claims["liveness"]["reasons"] == list(outcome.reasons)
 
 
 def test_real_attack_samples_fail(stub, root):
@@ -319,3 +328,91 @@ def test_time_a_genuine_user_needs():
     need(bool(DURATIONS), "the genuine ceremonies did not run")
     print(f"\nmedian genuine ceremony: {np.median(DURATIONS):.2f} s over {len(DURATIONS)}")
 
+
+
+# --------------------------------------------------------------------------- evidence and the CLI
+
+
+def server_jwks(server) -> dict:
+    with server.client() as c:
+        return json.loads(c.gallery.GetEvidenceKeys(pb.GetEvidenceKeysRequest()).jwks)
+
+
+def signed_claims(server, outcome) -> dict:
+    """The outcome's evidence, verified with PyJWT (an independent JWS implementation) against the
+    keys the server publishes."""
+    import jwt
+
+    header = jwt.get_unverified_header(outcome.evidence)
+    assert header["alg"] == "EdDSA" and header["typ"] == "mobidem-evidence+jwt"
+    key = next(jwt.PyJWK(k).key for k in server_jwks(server)["keys"] if k["kid"] == header["kid"])
+    claims = jwt.decode(outcome.evidence, key, algorithms=["EdDSA"])
+    assert claims["jti"] == outcome.evidence_record_id
+    return claims
+
+
+def test_outcome_evidence_binds_frames_challenges_one_to_one_and_transaction(stub, root, server):
+    """The outcome is signed (PyJWT verifies it) and says what it was decided from: the SHA-256 of
+    every frame sent, in order, with its capture time; the challenges the seed asked, in order; the
+    1:1 against the reference photo; the partner's transaction_ref; that the ceremony was seeded.
+    The audit log holds it and verifies."""
+    from mobidem import audit
+    from mobidem.evidence import keys as evidence_keys
+
+    order = (C.SMILE, C.BLINK, C.OPEN_MOUTH)
+    frames, fps = splice(root, "v09", order)
+    reference = cv2.imencode(".jpg", cv2.cvtColor(decoded(str(root / "videos" / VIDEOS["v09"][0]))[0][140],
+                                                  cv2.COLOR_RGB2BGR))[1].tobytes()
+    doc = hashlib.sha256(b"the contract being signed").hexdigest()
+    _, outcome = run(stub, frames, fps, order, reference=reference, transaction_ref=doc)
+    assert outcome.decision == PASS and outcome.match, list(outcome.reasons)
+    claims = signed_claims(server, outcome)
+    assert claims["kind"] == "liveness" and claims["decision"] == "pass" and claims["transaction_ref"] == doc
+    live = claims["liveness"]
+    assert live["ceremony_id"] == outcome.ceremony_id and live["outcome"] == "pass"
+    assert live["seeded"] is True and live["test_seed"] == seed_for(order)  # a relying party must refuse these
+    assert [c["challenge"] for c in live["challenges"]] == ["smile", "blink", "open_mouth"]
+    assert all(c["completed"] for c in live["challenges"]) and live["one_to_one"] == "reference_image"
+    assert claims["distance"] == pytest.approx(outcome.distance) and claims["threshold"] == pytest.approx(outcome.threshold)
+    sent = [hashlib.sha256(to_image(f).encoded).hexdigest() for f in frames[:outcome.frames]]
+    images = claims["images"]
+    assert images[0] == {"role": "reference_image", "sha256": hashlib.sha256(reference).hexdigest()}
+    assert [i["sha256"] for i in images[1:]] == sent and [i["index"] for i in images[1:]] == list(range(len(sent)))
+    assert [i["t"] for i in images[1:]] == pytest.approx([k / fps for k in range(len(sent))], abs=2e-3)
+    path = server.server.audit.path
+    rows = [r for r in server.server.audit.records() if r["request_id"] == outcome.ceremony_id]
+    assert [(r["kind"], r["decision"]) for r in rows] == [("liveness", "pass")]
+    report = audit.check(path, evidence_keys.trusted_keys(json.dumps(server_jwks(server))))
+    assert report.ok, report.problems
+
+
+def _video(path, frames, fps) -> None:
+    h, w = frames[0].shape[:2]
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    for f in frames:
+        out.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    out.release()
+
+
+def test_liveness_cli_passes_a_genuine_video_and_fails_a_held_photo(root, faces, server, tmp_path):
+    """`mobidem liveness VIDEO` as a user runs it: prompts printed, exit 0 on PASS with its evidence
+    written (and verified offline by `mobidem evidence verify`), exit 1 on FAIL."""
+    order = (C.TURN_LEFT, C.TURN_RIGHT, C.LOOK_UP)
+    frames, fps = splice(root, "v03", order)
+    _video(tmp_path / "genuine.avi", frames, fps)
+    _video(tmp_path / "held.avi", held(rgb(person_photos(faces, "barack_obama")[0]), seed=7), 10.0)
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MOBIDEM_")}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "mobidem.cli", *map(str, args)], capture_output=True, text=True,
+                              timeout=180, env=env)
+
+    ok = cli("liveness", tmp_path / "genuine.avi", "--target", server.target, "--test-seed", seed_for(order),
+             "--transaction-ref", "doc-1", "--evidence-out", tmp_path / "evidence.jws")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "[1/3] " in ok.stdout and "[3/3] " in ok.stdout and "\nPASS " in ok.stdout and "evidence record " in ok.stdout
+    (tmp_path / "jwks.json").write_text(json.dumps(server_jwks(server)))
+    checked = cli("evidence", "verify", tmp_path / "evidence.jws", "--jwks", tmp_path / "jwks.json")
+    assert checked.returncode == 0 and '"transaction_ref": "doc-1"' in checked.stdout, checked.stdout + checked.stderr
+    bad = cli("liveness", tmp_path / "held.avi", "--target", server.target, "--test-seed", seed_for(order))
+    assert bad.returncode == 1 and "\nFAIL " in bad.stdout and "reason: " in bad.stdout, bad.stdout + bad.stderr

@@ -78,7 +78,7 @@ class MobidemServer:
         return LivenessServicer(self.pipeline, self.identities, limits, rules, s.liveness_challenges, s.tracking(),
                                 test_mode=s.liveness_test_mode,
                                 limiter=FailureLimiter(s.liveness_max_failures, s.liveness_failure_window_s),
-                                clock_slack_s=s.liveness_clock_slack_s)
+                                clock_slack_s=s.liveness_clock_slack_s, audit=self.audit)
 
     async def start(self) -> "MobidemServer":
         s = self.settings
@@ -126,20 +126,20 @@ class MobidemServer:
         points = calibration.load(s.calibration or DEFAULT_CALIBRATION)
         if self.pipeline.embedder is not None:
             self._check_calibration(points, planned)
-        self.identities = IdentityService(self.gallery, self.pipeline, points, s.operating_point, self.metrics)
+        models = [f"{m}:{await self.triton.model_version(m)}" for m in self.pipeline.models]
+        self.signer = signer = await asyncio.to_thread(evidence_signer, s, data)
+        model_info = evidence_records.model_descriptions([Path(s.model_repository), *plugins.repositories()],
+                                                         {m: planned[m][0] for m in self.pipeline.models})
+        self.audit = AuditLog(s.audit_log or data / "audit.db", models, signer=signer, model_info=model_info,
+                              witness=evidence_checkpoints.load_witness(s.audit_witness))
+        await asyncio.to_thread(self.audit.checkpoint)  # the head as found at start (after a crash: its tail)
+        self.identities = IdentityService(self.gallery, self.pipeline, points, s.operating_point, self.metrics,
+                                          audit=self.audit)
         self.metrics.gallery_identities.set_function(  # a shared gallery: from memory, a scrape must not need the DB
             self.gallery.count if self.gallery.follower is None else lambda: self.gallery.index.identity_count())
         self.metrics.gallery_templates.set_function(lambda: len(self.gallery.index))
         if self.pipeline.embedder is not None:
             self.identities.model_version = await self.triton.model_version(self.pipeline.embedder_model)
-        models = [f"{m}:{await self.triton.model_version(m)}" for m in self.pipeline.models]
-        self.signer = signer = await asyncio.to_thread(evidence_signer, s, data)
-        model_info = evidence_records.model_descriptions([Path(s.model_repository), *plugins.repositories()],
-                                                         {m: planned[m][0] for m in self.pipeline.models})
-        self.audit = self.identities.audit = AuditLog(s.audit_log or data / "audit.db", models, signer=signer,
-                                                      model_info=model_info,
-                                                      witness=evidence_checkpoints.load_witness(s.audit_witness))
-        await asyncio.to_thread(self.audit.checkpoint)  # the head as found at start (after a crash: its tail)
         self.pipeline.matcher = self.identities
 
         await asyncio.to_thread(imaging.warm_up)

@@ -1,11 +1,12 @@
-"""Append-only, tamper-evident audit log of every Verify and Identify decision, with signed evidence.
+"""Append-only, tamper-evident audit log of every Verify, Identify and liveness decision, with signed evidence.
 
 One SQLite database (setting ``audit_log``, default ``<data_dir>/audit.db``), kept apart from the
 gallery so that its retention and permissions are separate. Table ``audit``, one row per decision:
 
-    seq, time (UTC ISO 8601), kind (verify | identify | purge), caller (API key name, else the peer),
-    peer, request_id, identity_ids (JSON list: the identity verified against, or Identify's
-    candidates in rank order), matched_id, decision (match | no_match | known | unknown | purged),
+    seq, time (UTC ISO 8601), kind (verify | identify | liveness | purge), caller (API key name, else
+    the peer), peer, request_id (a liveness ceremony's id), identity_ids (JSON list: the identity
+    verified against, or Identify's candidates in rank order), matched_id, decision (match | no_match
+    | known | unknown | pass | fail | purged),
     distance, threshold, operating_point, far_target, embedder, models (JSON list name:version),
     prev_hash, hash
 
@@ -185,13 +186,14 @@ class AuditLog:
         peer = logs.peer.get()
         return logs.caller.get() or peer or "unknown", peer
 
-    def _decision_evidence(self, identity_id: str, images: list[dict], transaction_ref: str):
+    def _decision_evidence(self, identity_id: str, images: list[dict], transaction_ref: str,
+                           extra: dict | None = None):
         caller_key = logs.caller.get() or ""
 
         def make(record: dict, record_id: str, seq: int) -> tuple[dict, str]:
             claims = records.decision_claims(dict(record, identity_id=identity_id), record_id, seq, self.model_info,
                                              caller_key, images, transaction_ref)
-            return claims, records.TYP
+            return {**claims, **(extra or {})}, records.TYP
         return make
 
     def verify_decision(self, decision, identity_id: str | None, images: list[dict] | None = None,
@@ -221,6 +223,22 @@ class AuditLog:
                            distance=distance if distance != float("inf") else None,
                            threshold=float(match.threshold), operating_point=match.operating_point,
                            far_target=far_target, embedder=embedder, models=json.dumps(self.models))
+
+    def liveness_decision(self, ceremony: dict, passed: bool, identity_id: str, match: bool,
+                          distance: float | None, point, embedder: str, images: list[dict],
+                          transaction_ref: str = "") -> dict:
+        """One liveness ceremony's outcome, PASS or FAIL (``ceremony``: mobidem.evidence.records.liveness_claim);
+        ``point``: the operating point of its identity checks and of its 1:1 (``distance`` None: no 1:1
+        was made); ``images``: [{"role", "sha256", ...}] of every frame it was decided from and of the
+        reference photo."""
+        caller, peer = self._who()
+        return self.append(self._decision_evidence(identity_id, images, transaction_ref, {"liveness": ceremony}),
+                           kind="liveness", caller=caller, peer=peer, request_id=ceremony["ceremony_id"],
+                           identity_ids=json.dumps([identity_id] if identity_id else []),
+                           matched_id=identity_id if identity_id and match else "",
+                           decision="pass" if passed else "fail", distance=distance,
+                           threshold=float(point.threshold), operating_point=point.name,
+                           far_target=float(point.far_target), embedder=embedder, models=json.dumps(self.models))
 
     def checkpoint(self, force: bool = False) -> dict | None:
         """Sign (record count, head hash, time); skipped when the head is already checkpointed, unless

@@ -355,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--operating-point", default="")
     lv.add_argument("--test-seed", type=int, help="fixed challenges (only a server in liveness_test_mode accepts it)")
     lv.add_argument("--show", action="store_true", help="show the preview and the prompt in a window")
+    lv.add_argument("--transaction-ref", default="",
+                    help="an opaque reference signed into the outcome's evidence (e.g. the document's SHA-256)")
+    lv.add_argument("--evidence-out", help="write the outcome's signed evidence (a compact JWS) to this file")
     e = client_parser("enroll", "enrol a person from one or more photos", _enroll)
     e.add_argument("name")
     e.add_argument("images", nargs="+")
@@ -454,7 +457,8 @@ def _liveness(args) -> int:
 
     with _client(args) as client:
         _, outcome = ceremony(client.liveness, stamped, args.identity_id, reference, args.test_seed,
-                              args.operating_point, timeout=300, on_prompt=prompt)
+                              args.operating_point, timeout=300, on_prompt=prompt,
+                              transaction_ref=args.transaction_ref)
     if outcome is None:
         print("no outcome: the server ended the ceremony", file=sys.stderr)
         return 1
@@ -468,6 +472,10 @@ def _liveness(args) -> int:
     if outcome.verified:
         print(f"  1:1 {'match' if outcome.match else 'NO match'}: distance {outcome.distance:.3f} "
               f"(threshold {outcome.threshold:.3f}, {outcome.operating_point})")
+    if outcome.evidence_record_id:
+        print(f"  evidence record {outcome.evidence_record_id}")
+    if args.evidence_out:
+        Path(args.evidence_out).write_text(outcome.evidence + "\n")
     return 0 if outcome.decision == pb.LivenessOutcome.DECISION_PASS else 1
 
 

@@ -49,7 +49,7 @@ class Decision:
 
 class IdentityService:
     def __init__(self, gallery: Gallery, pipeline: Pipeline, points: calibration.Calibration,
-                 default_operating_point: str = "far_1e-3", metrics=None):
+                 default_operating_point: str = "far_1e-3", metrics=None, audit=None):
         self.gallery = gallery
         self.metrics = metrics  # mobidem.metrics.Metrics or None
         self.pipeline = pipeline
@@ -58,7 +58,7 @@ class IdentityService:
         self.point(default_operating_point)  # fail at start on a bad name
         self.model_name = pipeline.embedder_model if pipeline.embedder is not None else ""
         self.model_version = ""  # learnt from Triton at start
-        self.audit = None  # mobidem.audit.AuditLog: one record per Verify/Identify decision, before it is returned
+        self.audit = audit  # mobidem.audit.AuditLog: one record per Verify/Identify decision, before it is returned
 
     def point(self, name: str) -> calibration.OperatingPoint:
         name = name or self.default_operating_point

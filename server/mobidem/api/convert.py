@@ -6,6 +6,8 @@ from functools import partial
 
 import numpy as np
 
+from mobidem.errors import InvalidArgument
+from mobidem.evidence.records import MAX_TRANSACTION_REF, image_sha256
 from mobidem.imaging import ImageLimits, InvalidImage, decode_reduced, decode_raw
 from mobidem.pipeline import ALL_TASKS, Analysis, FaceResult, Match, Task
 from mobidem.v1 import mobidem_pb2 as pb
@@ -91,3 +93,17 @@ def analysis_pb(a: Analysis, sequence: int = 0, capture_time=None) -> pb.FrameRe
     if capture_time is not None:
         result.capture_time.CopyFrom(capture_time)
     return result
+
+
+def transaction_ref(request) -> str:
+    """The request's ``transaction_ref`` (signed into the decision's evidence), bounded."""
+    ref = request.transaction_ref
+    if len(ref) > MAX_TRANSACTION_REF:
+        raise InvalidArgument(f"transaction_ref is {len(ref)} characters long; at most {MAX_TRANSACTION_REF} are "
+                              f"accepted: send a digest of the document (e.g. its SHA-256 in hex), not the document")
+    return ref
+
+
+def image_digest(image: pb.Image) -> str:
+    """SHA-256 of an image as received (its encoded bytes, or its raw pixel data), for the evidence."""
+    return image_sha256(image.encoded if image.WhichOneof("source") == "encoded" else image.raw.data)

@@ -10,7 +10,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from mobidem.api import convert
 from mobidem.errors import FailedPrecondition, InvalidArgument, NotFound
-from mobidem.evidence.records import MAX_TRANSACTION_REF, image_sha256
 from mobidem.gallery import Identity
 from mobidem.identity import IdentityService
 from mobidem.imaging import ImageLimits
@@ -49,19 +48,9 @@ def _optional(request, field: str) -> int | None:
     return getattr(request, field) if request.HasField(field) else None
 
 
-def _transaction_ref(request) -> str:
-    ref = request.transaction_ref
-    if len(ref) > MAX_TRANSACTION_REF:
-        raise InvalidArgument(f"transaction_ref is {len(ref)} characters long; at most {MAX_TRANSACTION_REF} are "
-                              f"accepted: send a digest of the document (e.g. its SHA-256 in hex), not the document")
-    return ref
-
-
 def _digests(**images: pb.Image) -> list[dict]:
-    """SHA-256 of each image as received (encoded bytes, or raw pixel data), for the evidence."""
-    return [{"role": role, "sha256": image_sha256(img.encoded if img.WhichOneof("source") == "encoded"
-                                                  else img.raw.data)}
-            for role, img in images.items() if img is not None]
+    """SHA-256 of each image as received, for the evidence."""
+    return [{"role": role, "sha256": convert.image_digest(img)} for role, img in images.items() if img is not None]
 
 
 def _request_hash(request: pb.EnrollRequest) -> str:
@@ -132,7 +121,7 @@ class GalleryServicer(pb_grpc.GalleryServicer):
         if which is None:
             raise InvalidArgument("set the reference: image (1:1 against a photo) or identity_id")
         reference = convert.image_loader(request.image, self.limits, "image") if which == "image" else None
-        ref = _transaction_ref(request)
+        ref = convert.transaction_ref(request)
         images = await asyncio.to_thread(_digests, probe=request.probe,
                                          reference=request.image if which == "image" else None)
         d = await self.identities.verify(probe, reference, request.identity_id if which == "identity_id" else None,
@@ -146,7 +135,7 @@ class GalleryServicer(pb_grpc.GalleryServicer):
     async def Identify(self, request: pb.IdentifyRequest, context) -> pb.IdentifyResponse:
         bounded(request.operating_point, "operating_point", MAX_OPERATING_POINT)
         probe = convert.image_loader(request.probe, self.limits, "probe")
-        ref = _transaction_ref(request)
+        ref = convert.transaction_ref(request)
         images = await asyncio.to_thread(_digests, probe=request.probe)
         match, evidence = await self.identities.identify(probe, request.top_k or 5, request.operating_point,
                                                          _optional(request, "probe_face_index"), images, ref)

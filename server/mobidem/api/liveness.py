@@ -3,11 +3,14 @@
 Thin: protobuf in and out, the abuse limits, the optional 1:1; the frames go through
 ``Pipeline.analyze_tracked`` with a ``StreamTracks`` of their own (one continuous track, identity
 over it), the signals come from ``mobidem.liveness.headpose`` and the decision from
-``mobidem.liveness.decision``. Frames are decided one after another, in order.
+``mobidem.liveness.decision``. Frames are decided one after another, in order. Every outcome, PASS
+or FAIL, is written to the audit log with its signed evidence (the SHA-256 of every frame decided
+from, the challenges, the 1:1 and the partner's transaction_ref) before it is returned.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -16,6 +19,7 @@ import uuid
 import numpy as np
 
 from mobidem.api import convert
+from mobidem.evidence.records import liveness_claim
 from mobidem.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from mobidem.identity import IdentityService
 from mobidem.imaging import ImageLimits
@@ -39,7 +43,7 @@ MESH, EYE, PRESENCE = "face_mesh.mesh", "face_mesh.eye_openness", "face_mesh.fac
 class LivenessServicer(pb_grpc.LivenessServicer):
     def __init__(self, pipeline: Pipeline, identities: IdentityService, limits: ImageLimits, rules: Rules,
                  challenges: int = 3, tracking: TrackingConfig = TrackingConfig(), *, test_mode: bool = False,
-                 limiter: FailureLimiter | None = None, clock_slack_s: float = 1.0, client_name=None):
+                 limiter: FailureLimiter | None = None, clock_slack_s: float = 1.0, client_name=None, audit=None):
         self.pipeline = pipeline
         self.identities = identities
         self.limits = limits
@@ -49,6 +53,7 @@ class LivenessServicer(pb_grpc.LivenessServicer):
         self.test_mode = test_mode
         self.limiter = limiter or FailureLimiter()
         self.clock_slack_s = clock_slack_s  # capture time may run ahead of the server's clock by this much
+        self.audit = audit  # mobidem.audit.AuditLog: every outcome recorded and signed before it is returned
         from mobidem.api.analysis import client_name as default_name
 
         self.client_name = client_name or default_name
@@ -80,10 +85,12 @@ class LivenessServicer(pb_grpc.LivenessServicer):
             raise FailedPrecondition("test_seed is accepted only by a server started with liveness_test_mode: true; "
                                      "a real ceremony's challenges are drawn by the server")
         point = self.identities.point(opts.operating_point)  # INVALID_ARGUMENT on an unknown name
+        transaction_ref = convert.transaction_ref(opts)
         client = _without_port(self.client_name(context))  # a reconnection is the same client
         keys = [f"client:{client}"]
         which = opts.WhichOneof("reference")
         reference = None
+        digests: list[dict] = []  # for the evidence: the reference photo, then every frame decided from
         if which == "identity_id":
             if not opts.identity_id or len(opts.identity_id) > 256:
                 raise InvalidArgument("identity_id must be 1-256 characters")
@@ -91,6 +98,7 @@ class LivenessServicer(pb_grpc.LivenessServicer):
         elif which == "reference_image":
             digest = hashlib.sha256(opts.reference_image.SerializeToString()).hexdigest()
             keys.append(f"reference image:{digest[:16]}")
+            digests.append({"role": "reference_image", "sha256": convert.image_digest(opts.reference_image)})
         self._check_limits(keys)
         if which == "identity_id":
             if self.identities.gallery.get(opts.identity_id) is None:
@@ -132,6 +140,8 @@ class LivenessServicer(pb_grpc.LivenessServicer):
                 outcome = ceremony.fail(f"capture times run {(t - t0) - (now - started_wall):.1f} s ahead of the "
                                         "server's clock: frames must be sent as they are captured")
                 break
+            digests.append({"role": "frame", "index": sum(d["role"] == "frame" for d in digests),
+                            "t": round(t - t0, 3), "sha256": convert.image_digest(frame.image)})
             turn = Turn(turn, 2)
             try:
                 analysis = await self.pipeline.analyze_tracked(
@@ -173,10 +183,30 @@ class LivenessServicer(pb_grpc.LivenessServicer):
         if result.decision != pb.LivenessOutcome.DECISION_PASS:
             for key in keys:
                 self.limiter.failed(key)
+        if self.audit is not None:
+            await self._record(result, seed, which, opts.identity_id if which == "identity_id" else "", point,
+                               digests, transaction_ref)
         log.info("liveness ceremony %s: %s %s (%d frames, %.1f s)", ceremony_id,
                  pb.LivenessOutcome.Decision.Name(result.decision), list(result.reasons), result.frames,
                  result.duration_s)
         yield pb.LivenessResponse(outcome=result)
+
+    async def _record(self, result: pb.LivenessOutcome, seed: int | None, which: str | None, identity_id: str,
+                      point, digests: list[dict], transaction_ref: str) -> None:
+        """The outcome into the audit log, signed; its evidence and record id into ``result``. A ceremony
+        whose outcome cannot be recorded fails with UNAVAILABLE instead of going unrecorded."""
+        passed = result.decision == pb.LivenessOutcome.DECISION_PASS
+        challenges = [{"challenge": pb.Challenge.Name(t.challenge).removeprefix("CHALLENGE_").lower(),
+                       "completed": t.completed, "started_s": round(t.started_s, 3),
+                       "completed_s": round(t.completed_s, 3), "window_s": round(t.window_s, 3)}
+                      for t in result.challenges]
+        claim = liveness_claim(result.ceremony_id, passed, list(result.reasons), result.score, result.frames,
+                               result.duration_s, challenges, seed, which or "")
+        record = await asyncio.to_thread(
+            self.audit.liveness_decision, claim, passed, identity_id, result.match,
+            float(result.distance) if result.verified else None, point, self.identities.embedder, digests,
+            transaction_ref)
+        result.evidence, result.evidence_record_id = record.get("evidence", ""), record.get("record_id", "")
 
     async def _one_to_one(self, result: pb.LivenessOutcome, opts, reference, embeddings, point) -> None:
         """The live face against the named identity or the reference photo: the mean of its fresh embeddings."""

@@ -62,3 +62,15 @@ def decision_claims(record: dict, record_id: str, seq: int, models: list[dict], 
 BOUND = {"time": "time", "kind": "kind", "decision": "decision", "distance": "distance", "threshold": "threshold",
          "operating_point": "operating_point", "far_target": "far_target", "matched_id": "matched_id",
          "embedder": "embedder", "request_id": "request_id"}
+
+
+def liveness_claim(ceremony_id: str, passed: bool, reasons: list[str], score: float, frames: int,
+                   duration_s: float, challenges: list[dict], test_seed: int | None, one_to_one: str) -> dict:
+    """The ``liveness`` claim of a ceremony's evidence: what was asked, what was seen, and whether the
+    challenges were drawn by the server (``seeded`` false) or fixed by a test seed (a seeded ceremony
+    proves nothing: its challenges were known in advance; a relying party must refuse it).
+    ``one_to_one``: "identity", "reference_image" or "" (none was asked for)."""
+    return {"ceremony_id": ceremony_id, "outcome": "pass" if passed else "fail", "reasons": list(reasons),
+            "score": round(float(score), 4), "frames": int(frames), "duration_s": round(float(duration_s), 3),
+            "challenges": challenges, "seeded": test_seed is not None,
+            **({"test_seed": int(test_seed)} if test_seed is not None else {}), "one_to_one": one_to_one}

@@ -15,12 +15,13 @@ from mobidem.v1 import mobidem_pb2 as pb
 def ceremony(stub, frames: Iterable[tuple[float, np.ndarray]], identity_id: str = "", reference: bytes | None = None,
              test_seed: int | None = None, operating_point: str = "", timeout: float | None = 120,
              on_prompt: Callable[[pb.ChallengePrompt], None] | None = None, metadata=(),
-             after_prompt: bool = True) -> tuple[list[pb.ChallengePrompt], pb.LivenessOutcome | None]:
+             after_prompt: bool = True, transaction_ref: str = "",
+             ) -> tuple[list[pb.ChallengePrompt], pb.LivenessOutcome | None]:
     """Run one ceremony on ``stub`` (a LivenessStub). ``frames``: (capture time in seconds since the epoch,
     RGB frame), sent in order; with ``after_prompt`` the first frame goes only after the first prompt
-    came (a live client shows it first). Returns the prompts and the outcome (None if the server ended
+    came (a live client shows it first); ``transaction_ref`` is signed into the outcome's evidence. Returns the prompts and the outcome (None if the server ended
     the call without one)."""
-    options = pb.LivenessOptions(operating_point=operating_point)
+    options = pb.LivenessOptions(operating_point=operating_point, transaction_ref=transaction_ref)
     if identity_id:
         options.identity_id = identity_id
     elif reference is not None:
