@@ -94,6 +94,10 @@ class _Converter:
         # tflite tensor index -> {layout: onnx value name}; layout in {"nhwc", "nchw"}
         # ("nhwc" also stands for "native" for ranks other than 4)
         self.vals: dict[int, dict[str, str]] = {}
+        # tflite tensors whose ONNX value keeps a leading batch axis that the TFLite graph dropped
+        # (a batch-1 STRIDED_SLICE that shrinks axis 0; batch_dynamic only): allowed only as graph outputs
+        self.kept_batch: set[int] = set()
+        self._reading_output = False
         self._uid = 0
         self._init_cache: dict[tuple, str] = {}
         self._load_constants()
@@ -166,6 +170,10 @@ class _Converter:
             if layout == "nchw":
                 arr = arr.transpose(_NHWC_TO_NCHW)
             return self.init(arr, self.tname(i) + "_" + layout)
+        if i in self.kept_batch and not self._reading_output:
+            raise UnsupportedOpError(
+                f"tensor {self.tname(i)!r} drops the batch axis (STRIDED_SLICE shrink) and is used "
+                f"inside the graph; convert with batch_dynamic=False")
         have = self.vals.get(i)
         if not have:
             raise RuntimeError(f"tensor {self.tname(i)!r} used before it is produced")
@@ -234,7 +242,9 @@ class _Converter:
         for k in range(g.OutputsLength()):
             i = g.Outputs(k)
             name = self.tname(i)
+            self._reading_output = True
             src = self.get(i, "nhwc")
+            self._reading_output = False
             # Graph outputs keep the tflite names: rename via Identity.
             self.nodes.append(helper.make_node("Identity", [src], [name], name=name + "_out"))
             t = self.tensor(i)
@@ -256,6 +266,8 @@ class _Converter:
 
     def _io_shape(self, i):
         shp = self.shape(i)
+        if i in self.kept_batch:
+            return ["N"] + shp
         if self.batch_dynamic and shp and shp[0] == 1:
             return ["N"] + shp[1:]
         return shp
@@ -505,7 +517,14 @@ class _Converter:
         if rank == 4 and all(self.is_const(x) or self.layout_of(x) == "nchw" for x in ins):
             layout = "nchw"
             axis = _NHWC_TO_NCHW.index(axis)
-        y = self.node("Concat", [self.get(x, layout) for x in ins], self.tname(outs[0]), axis=axis)
+        names = [self.get(x, layout) for x in ins]
+        batch_of = next((self.get(x, layout) for x in ins if not self.is_const(x)), None)
+        if self.batch_dynamic and batch_of is not None and axis != 0:
+            # a batch-1 constant (e.g. a learned token) joined to batched activations: repeat it
+            # along the batch, as the batch-1 TFLite graph implies for each sample
+            names = [self._batch_expand(n, self.shape(x), layout, batch_of)
+                     if self.is_const(x) and self.shape(x)[:1] == [1] else n for n, x in zip(names, ins)]
+        y = self.node("Concat", names, self.tname(outs[0]), axis=axis)
         base = self.tname(outs[0])
         self.set(outs[0], self.activation(y, o.FusedActivationFunction(), base), layout)
 
@@ -569,6 +588,99 @@ class _Converter:
                                                self.tname(ins[2]))], self.tname(outs[0]))
         self.set(outs[0], self.activation(y, o.FusedActivationFunction(), self.tname(outs[0])),
                  "nhwc")
+
+
+    def _batch_expand(self, const_name: str, shape: list[int], layout: str, like: str) -> str:
+        """Expand a constant of leading dim 1 to the batch size of the value ``like``."""
+        shape = [shape[j] for j in _NHWC_TO_NCHW] if layout == "nchw" and len(shape) == 4 else list(shape)
+        batch = self.node("Slice", [self.node("Shape", [like], "shape"), self.init(np.array([0], np.int64), "i0"),
+                                    self.init(np.array([1], np.int64), "i1")], "batch")
+        target = self.node("Concat", [batch, self.init(np.asarray(shape[1:], np.int64), "dims")], "expand_to",
+                           axis=0)
+        return self.node("Expand", [const_name, target], "batch_expand")
+
+    def _op_SUM(self, op, ins, outs):
+        axes = sorted(int(a) % self.rank(ins[0]) for a in self.const(ins[1]).reshape(-1))
+        keep = int(_options(op, _tfl.ReducerOptions).KeepDims())
+        layout = self.layout_of(ins[0])
+        if layout == "nchw" and keep:
+            axes = sorted(_NHWC_TO_NCHW.index(a) for a in axes)
+        else:
+            layout = "nhwc"
+        y = self.node("ReduceSum", [self.get(ins[0], layout), self.init(np.asarray(axes, np.int64), "axes")],
+                      self.tname(outs[0]), keepdims=keep)
+        self.set(outs[0], y, layout if keep else "nhwc")
+
+    def _op_SQRT(self, op, ins, outs):
+        self._unary(ins, outs, "Sqrt")
+
+    def _op_RSQRT(self, op, ins, outs):
+        layout = self.layout_of(ins[0])
+        root = self.node("Sqrt", [self.get(ins[0], layout)], self.tname(outs[0]) + "_sqrt")
+        self.set(outs[0], self.node("Reciprocal", [root], self.tname(outs[0])), layout)
+
+    def _op_NEG(self, op, ins, outs):
+        self._unary(ins, outs, "Neg")
+
+    def _op_SQUARED_DIFFERENCE(self, op, ins, outs):
+        self._binary(op, ins, outs, "Sub", None)
+        layout = self.layout_of(outs[0])
+        d = self.vals[outs[0]][layout]
+        self.set(outs[0], self.node("Mul", [d, d], self.tname(outs[0]) + "_sq"), layout)
+
+    def _op_TRANSPOSE(self, op, ins, outs):
+        perm = [int(a) for a in self.const(ins[1]).reshape(-1)]
+        x = ins[0]
+        if self.layout_of(x) == "nchw":  # compose with the NCHW -> NHWC transpose
+            src, perm = self.get(x, "nchw"), [_NCHW_TO_NHWC[a] for a in perm]
+        else:
+            src = self.get(x, "nhwc")
+        if self.batch_dynamic and perm[:1] != [0] and self.shape(x)[:1] == [1]:
+            raise UnsupportedOpError(f"TRANSPOSE {self.tname(outs[0])!r} moves the batch axis")
+        self.set(outs[0], self.node("Transpose", [src], self.tname(outs[0]), perm=perm), "nhwc")
+
+    def _op_STRIDED_SLICE(self, op, ins, outs):
+        o = _options(op, _tfl.StridedSliceOptions)
+        if o.EllipsisMask() or o.NewAxisMask():
+            raise UnsupportedOpError(f"STRIDED_SLICE {self.tname(outs[0])!r} with ellipsis or new-axis masks")
+        in_shape = self.shape(ins[0])
+        begin, end, strides = (self.const(i).astype(np.int64).reshape(-1) for i in ins[1:4])
+        shrink = o.ShrinkAxisMask()
+        starts, ends, axes, steps = [], [], [], []
+        keep_batch = False
+        for a, dim in enumerate(in_shape):
+            b = 0 if o.BeginMask() >> a & 1 else int(begin[a])
+            e = dim if o.EndMask() >> a & 1 else int(end[a])
+            step = int(strides[a])
+            if shrink >> a & 1:
+                e, step = b + 1 if b != -1 else dim, 1
+            b, e = (v + dim if v < 0 else v for v in (b, e))
+            if a == 0 and self.batch_dynamic and dim == 1:
+                if (b, e, step) != (0, 1, 1):
+                    raise UnsupportedOpError(f"STRIDED_SLICE {self.tname(outs[0])!r} slices the batch axis")
+                keep_batch = bool(shrink & 1)  # the whole batch stays; its axis is not dropped
+                continue
+            if (b, min(e, dim), step) != (0, dim, 1):
+                starts.append(b), ends.append(e), axes.append(a), steps.append(step)
+        y = self.get(ins[0], "nhwc")
+        base = self.tname(outs[0])
+        if axes:
+            y = self.node("Slice", [y, self.init(np.asarray(starts, np.int64), "starts"),
+                                    self.init(np.asarray(ends, np.int64), "ends"),
+                                    self.init(np.asarray(axes, np.int64), "axes"),
+                                    self.init(np.asarray(steps, np.int64), "steps")], base + "_slice")
+        if shrink:
+            shape = list(self.shape(outs[0]))
+            if keep_batch:
+                shape = [-1] + shape
+            elif self.batch_dynamic and shape[:1] == [1] and in_shape[:1] == [1]:
+                shape[0] = -1
+            y = self.node("Reshape", [y, self.init(np.asarray(shape, np.int64), "shape")], base)
+        else:
+            y = self.node("Identity", [y], base)
+        self.set(outs[0], y, "nhwc")
+        if keep_batch:
+            self.kept_batch.add(outs[0])
 
 
 def convert(tflite_path, *, batch_dynamic: bool = True) -> onnx.ModelProto:
