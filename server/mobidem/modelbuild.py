@@ -39,6 +39,7 @@ class WeightSource:
     distribution: str
     path: str  # relative to the distribution's install root
     pinned: str  # the version the parity tests were run against
+    sha256: str = ""  # the file's expected sha256 (empty: not pinned); another file is refused
 
     def locate(self) -> tuple[Path, str]:
         try:
@@ -51,6 +52,9 @@ class WeightSource:
         path = Path(dist.locate_file(self.path))
         if not path.is_file():
             raise BuildError(f"{self.distribution} {dist.version} does not contain {self.path}")
+        if self.sha256 and sha256(path) != self.sha256:
+            raise BuildError(f"{path} ({self.distribution} {dist.version}) has sha256 {sha256(path)}, not the pinned "
+                             f"{self.sha256}: install {self.distribution}=={self.pinned} (pip install --no-deps)")
         return path, dist.version
 
 
