@@ -21,7 +21,7 @@ from mobidem.gallery.crypto import TemplateKeyError, new_key_text, parse_key
 from mobidem.v1 import mobidem_pb2 as pb
 from mobidem.v1 import mobidem_pb2_grpc as pb_grpc
 
-ROLES = ("stream", "analyze", "verify", "liveness", "admin")
+ROLES = ("stream", "analyze", "verify", "liveness", "ceremony", "admin")
 
 
 def code_of(call) -> grpc.StatusCode:
@@ -64,7 +64,7 @@ def secured(start_server, keys, photos):
 
 def calls(stubs, photos):
     """One call per protected RPC: name -> f(metadata) that raises grpc.RpcError or returns."""
-    analysis, gallery, liveness = stubs
+    analysis, gallery, liveness, _, ceremonies = stubs
     image = pb.Image(encoded=photos["a"].read_bytes())
 
     def stream(md):
@@ -94,6 +94,9 @@ def calls(stubs, photos):
         # a ceremony naming an identity that does not exist: NOT_FOUND for the right role, changing nothing
         "/mobidem.v1.Liveness/Ceremony": lambda md: list(liveness.Ceremony(
             iter([pb.LivenessRequest(options=pb.LivenessOptions(identity_id="nobody"))]), metadata=md, timeout=60)),
+        # a link without its transaction_ref: INVALID_ARGUMENT for the right role, no token made
+        "/mobidem.v1.Ceremonies/CreateCeremony": lambda md: ceremonies.CreateCeremony(
+            pb.CreateCeremonyRequest(), metadata=md, timeout=60),
     }
 
 
@@ -101,7 +104,8 @@ def calls(stubs, photos):
 def stubs(secured):
     server = secured[0]
     channel = grpc.insecure_channel(server.target)
-    yield pb_grpc.FaceAnalysisStub(channel), pb_grpc.GalleryStub(channel), pb_grpc.LivenessStub(channel), channel
+    yield (pb_grpc.FaceAnalysisStub(channel), pb_grpc.GalleryStub(channel), pb_grpc.LivenessStub(channel), channel,
+           pb_grpc.CeremoniesStub(channel))
     channel.close()
 
 
@@ -118,6 +122,7 @@ POLICY = {
     "/mobidem.v1.Gallery/ListIdentities": "admin",
     "/mobidem.v1.Gallery/GetEvidenceKeys": "*",
     "/mobidem.v1.Liveness/Ceremony": "liveness",
+    "/mobidem.v1.Ceremonies/CreateCeremony": "ceremony",
 }
 
 
@@ -141,7 +146,7 @@ def test_keys_file_holds_no_plaintext_key(keys):
 
 
 def test_without_credentials_every_protected_rpc_is_unauthenticated(stubs, photos):
-    for method, call in calls(stubs[:3], photos).items():
+    for method, call in calls(stubs, photos).items():
         for md in ((), (("x-api-key", "mbk_not-a-key"),), (("authorization", "Bearer mbk_not-a-key"),),
                    (("authorization", "Basic dXNlcjpwdw=="),)):
             err = error_of(lambda: call(md))
@@ -152,7 +157,7 @@ def test_without_credentials_every_protected_rpc_is_unauthenticated(stubs, photo
 
 def test_wrong_role_is_permission_denied_and_the_right_role_passes(secured, stubs, photos):
     _, made, _ = secured
-    for method, call in calls(stubs[:3], photos).items():
+    for method, call in calls(stubs, photos).items():
         need = POLICY[method]
         for role, key in made.items():
             md = (("x-api-key", key),)

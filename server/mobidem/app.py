@@ -43,7 +43,7 @@ from mobidem.v1 import mobidem_pb2, mobidem_pb2_grpc
 log = logging.getLogger(__name__)
 
 DEFAULT_CALIBRATION = Path(__file__).resolve().parent / "data" / "calibration.json"
-SERVICES = ("mobidem.v1.FaceAnalysis", "mobidem.v1.Gallery", "mobidem.v1.Liveness")
+SERVICES = ("mobidem.v1.FaceAnalysis", "mobidem.v1.Gallery", "mobidem.v1.Liveness", "mobidem.v1.Ceremonies")
 
 
 class MobidemServer:
@@ -156,7 +156,12 @@ class MobidemServer:
         mobidem_pb2_grpc.add_FaceAnalysisServicer_to_server(analysis, self.server)
         mobidem_pb2_grpc.add_GalleryServicer_to_server(
             GalleryServicer(self.identities, limits, jwks=lambda: (signer.jwks(), signer.kid)), self.server)
-        mobidem_pb2_grpc.add_LivenessServicer_to_server(self._liveness(s, limits), self.server)
+        liveness = self._liveness(s, limits)
+        mobidem_pb2_grpc.add_LivenessServicer_to_server(liveness, self.server)
+        from mobidem.api.ceremonies import CeremoniesServicer
+
+        ceremonies = CeremoniesServicer(self.identities, s.liveness_test_mode)  # links to the web page (docs/WEB.md)
+        mobidem_pb2_grpc.add_CeremoniesServicer_to_server(ceremonies, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [mobidem_pb2.DESCRIPTOR.services_by_name[n.split(".")[-1]].full_name for n in SERVICES]
         reflection.enable_server_reflection([*names, "grpc.health.v1.Health", reflection.SERVICE_NAME], self.server)
@@ -173,7 +178,7 @@ class MobidemServer:
         if s.web_listen:  # the web page's streams go through the same servicer (docs/WEB.md)
             from mobidem.web import WebServer
 
-            self.web = WebServer(s, analysis, interceptors[1])
+            self.web = ceremonies.web = WebServer(s, analysis, interceptors[1], liveness)
             self.web_port = await self.web.start()
             log.info("live view on %s", self.web.url)
         await self._set_ready(True)

@@ -31,7 +31,7 @@ import yaml
 
 from mobidem.errors import InvalidArgument
 
-ROLES = ("stream", "analyze", "verify", "liveness", "admin")
+ROLES = ("stream", "analyze", "verify", "liveness", "ceremony", "admin")
 KEY_PREFIX = "mbk_"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _HEX_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -49,6 +49,7 @@ METHOD_ROLES = {
     "/mobidem.v1.Gallery/DeleteIdentity": "admin",
     "/mobidem.v1.Gallery/GetEvidenceKeys": "*",       # public keys: any valid key (ANY_ROLE)
     "/mobidem.v1.Liveness/Ceremony": "liveness",      # a ceremony, with its optional 1:1
+    "/mobidem.v1.Ceremonies/CreateCeremony": "ceremony",  # a one-time link to the web ceremony page
 }
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")

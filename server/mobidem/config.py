@@ -116,6 +116,8 @@ class Settings:
                                        "unprocessed (0: no bound)")
     web_max_message_bytes: int = setting(4 * 1024 * 1024, "largest WebSocket message (one JPEG frame) from a web "
                                                           "page; a larger one closes the socket (code 1009)")
+    web_ceremony_ttl_s: float = setting(300.0, "how long a ceremony link (Ceremonies/CreateCeremony) may wait to be "
+                                               "opened; each link works once")
 
     # liveness ceremonies (docs/LIVENESS.md)
     liveness_challenges: int = setting(3, "challenges per liveness ceremony (drawn from blink, turn left/right, "

@@ -601,3 +601,29 @@ class LivenessResponse(_message.Message):
     prompt: ChallengePrompt
     outcome: LivenessOutcome
     def __init__(self, prompt: _Optional[_Union[ChallengePrompt, _Mapping]] = ..., outcome: _Optional[_Union[LivenessOutcome, _Mapping]] = ...) -> None: ...
+
+class CreateCeremonyRequest(_message.Message):
+    __slots__ = ("identity_id", "transaction_ref", "operating_point", "test_seed", "ttl_s")
+    IDENTITY_ID_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_REF_FIELD_NUMBER: _ClassVar[int]
+    OPERATING_POINT_FIELD_NUMBER: _ClassVar[int]
+    TEST_SEED_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    identity_id: str
+    transaction_ref: str
+    operating_point: str
+    test_seed: int
+    ttl_s: float
+    def __init__(self, identity_id: _Optional[str] = ..., transaction_ref: _Optional[str] = ..., operating_point: _Optional[str] = ..., test_seed: _Optional[int] = ..., ttl_s: _Optional[float] = ...) -> None: ...
+
+class CreateCeremonyResponse(_message.Message):
+    __slots__ = ("token", "path", "url", "expires_at")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    path: str
+    url: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, token: _Optional[str] = ..., path: _Optional[str] = ..., url: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -589,3 +589,76 @@ class Liveness:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class CeremoniesStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateCeremony = channel.unary_unary(
+                '/mobidem.v1.Ceremonies/CreateCeremony',
+                request_serializer=mobidem_dot_v1_dot_mobidem__pb2.CreateCeremonyRequest.SerializeToString,
+                response_deserializer=mobidem_dot_v1_dot_mobidem__pb2.CreateCeremonyResponse.FromString,
+                _registered_method=True)
+
+
+class CeremoniesServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def CreateCeremony(self, request, context):
+        """A one-time link to the liveness ceremony page for a person, bound to these options.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CeremoniesServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateCeremony': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCeremony,
+                    request_deserializer=mobidem_dot_v1_dot_mobidem__pb2.CreateCeremonyRequest.FromString,
+                    response_serializer=mobidem_dot_v1_dot_mobidem__pb2.CreateCeremonyResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'mobidem.v1.Ceremonies', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('mobidem.v1.Ceremonies', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Ceremonies:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def CreateCeremony(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobidem.v1.Ceremonies/CreateCeremony',
+            mobidem_dot_v1_dot_mobidem__pb2.CreateCeremonyRequest.SerializeToString,
+            mobidem_dot_v1_dot_mobidem__pb2.CreateCeremonyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -6,7 +6,9 @@ tests); anywhere else it refuses to start rather than serve a page whose camera 
 API key would cross the network in plaintext. With tls_client_ca set, browsers must present a client
 certificate too, as gRPC clients must: the page is no side door around mutual TLS.
 
-One port serves the page's files (``static``) and its WebSocket (``bridge``, at /ws/stream).
+One port serves the pages' files (``static``) and their WebSockets: the live view's (``bridge``, at
+/ws/stream) and the liveness ceremony's (``ceremony``, at /ws/ceremony, entered with a one-time token
+from ``tokens``).
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from websockets.asyncio.server import serve
 
 from mobidem.errors import FailedPrecondition, InvalidArgument
 from mobidem.web.bridge import StreamBridge
+from mobidem.web.ceremony import CeremonyBridge
 from mobidem.web.static import Pages
+from mobidem.web.tokens import CeremonyTokens
 
 log = logging.getLogger(__name__)
 
-STREAM_PATH = "/ws/stream"  # the ceremony's socket (issue 17, with liveness) joins it in `sockets`
+STREAM_PATH = "/ws/stream"
+CEREMONY_PATH = "/ws/ceremony"
 
 
 def is_loopback(host: str) -> bool:
@@ -69,7 +74,7 @@ def same_origin(headers) -> bool:
 
 
 class WebServer:
-    def __init__(self, settings, servicer, auth):
+    def __init__(self, settings, servicer, auth, liveness=None):
         self.host, self.port = split_listen(settings.web_listen)
         self.ssl = tls_context(settings)
         if self.ssl is None and not is_loopback(self.host):
@@ -83,6 +88,11 @@ class WebServer:
         self.pages = Pages({"key_required": self.bridge.key_required, "max_fps": settings.web_max_fps,
                             "max_message_bytes": self.max_message_bytes})
         self.sockets = {STREAM_PATH: self.bridge.handle}
+        self.tokens = CeremonyTokens(settings.web_ceremony_ttl_s)
+        if liveness is not None:  # mobidem.api.liveness.LivenessServicer
+            self.ceremony = CeremonyBridge(liveness, self.tokens, self.bridge.key_required, settings.web_max_fps,
+                                           idle_timeout_s=settings.stream_idle_timeout_s or 30.0)
+            self.sockets[CEREMONY_PATH] = self.ceremony.handle
         self._server = None
 
     @property

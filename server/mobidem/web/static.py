@@ -14,13 +14,14 @@ from importlib import resources
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
-# path -> (file in static/, content type). The ceremony page (issue 17, once liveness, issue 15, exists)
-# is one more entry here, "/ceremony" -> "ceremony.html", sharing common.js and style.css.
+# path -> (file in static/, content type). The live view and the ceremony share common.js and style.css.
 PAGES = {
     "/": ("live.html", "text/html; charset=utf-8"),
     "/live.html": ("live.html", "text/html; charset=utf-8"),
+    "/ceremony": ("ceremony.html", "text/html; charset=utf-8"),
     "/common.js": ("common.js", "text/javascript; charset=utf-8"),
     "/live.js": ("live.js", "text/javascript; charset=utf-8"),
+    "/ceremony.js": ("ceremony.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 

@@ -62,3 +62,33 @@ def error(code: grpc.StatusCode | str, message: str) -> str:
 
 def _clip(text: str) -> str:
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + f"... ({len(text)} characters)"
+
+
+def _challenge(value: int) -> str:
+    return pb.Challenge.Name(value).removeprefix("CHALLENGE_").lower()
+
+
+def prompt(p: pb.ChallengePrompt) -> str:
+    """A ceremony's next challenge: ``{"type": "prompt", "index": 0, "count": 3, "challenge": "turn_left",
+    "text": "...", "window_s": 6.0, "ceremony_id": "..."}``."""
+    return json.dumps({"type": "prompt", "index": p.index, "count": p.count, "challenge": _challenge(p.challenge),
+                       "text": p.text, "window_s": _round(p.window_s), "ceremony_id": p.ceremony_id},
+                      separators=(",", ":"))
+
+
+def outcome(o: pb.LivenessOutcome) -> str:
+    """A ceremony's outcome: ``{"type": "outcome", "decision": "PASS" | "FAIL", "reasons": [...], ...}``, with the
+    1:1 when one was made and the signed evidence's record id when the server signs evidence."""
+    out = {"type": "outcome", "decision": "PASS" if o.decision == pb.LivenessOutcome.DECISION_PASS else "FAIL",
+           "reasons": [_clip(r) for r in o.reasons], "score": _round(o.score, 3), "ceremony_id": o.ceremony_id,
+           "frames": o.frames, "duration_s": _round(o.duration_s, 2),
+           "challenges": [{"challenge": _challenge(t.challenge), "completed": t.completed} for t in o.challenges],
+           "evidence_record_id": o.evidence_record_id}
+    if o.verified:
+        out.update(verified=True, match=o.match, distance=_round(o.distance, 3), threshold=_round(o.threshold, 3))
+    return json.dumps(out, separators=(",", ":"))
+
+
+def progress(frames: int, dropped: bool = False) -> str:
+    """A ceremony frame taken (decided, or dropped over web_max_fps): the page may send the next one."""
+    return json.dumps({"type": "progress", "frames": frames, "dropped": dropped}, separators=(",", ":"))
