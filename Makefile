@@ -94,5 +94,22 @@ check-protos: setup
 	  diff -r -q server/mobidem/v1 $$tmp/server/mobidem/v1 -x __pycache__ \
 	  || { echo "generated protobuf code is stale: run 'make protos' and commit"; exit 1; }
 
+# Not part of `make test`: mutation testing (docs/TESTING.md). mutants-unit runs mutmut over the pure-logic
+# modules with their unit tests (about 30-40 minutes on 2 cores); mutants-e2e applies the curated end-to-end
+# mutants (tools/mutants/e2e.py) one at a time and runs the real-Triton tests named for each. Both work in
+# scratch copies of a committed revision (MUTANTS_REV, default HEAD), never in this working tree.
+.PHONY: mutants mutants-unit mutants-e2e
+mutants: mutants-unit mutants-e2e
+
+mutants-unit: setup $(VENV)/.installed-test $(VENV)/.installed-mutants
+	tools/mutants/run.sh
+
+mutants-e2e: setup $(VENV)/.installed-test test-system-deps models
+	nice -n 10 $(PY) tools/mutants/e2e.py
+
+$(VENV)/.installed-mutants: $(VENV)/.installed requirements/mutants.txt
+	$(PIP) install -q -r requirements/mutants.txt
+	touch $@
+
 clean:
 	rm -rf $(VENV) model_repository/*/1/model.onnx model_repository/MANIFEST.json

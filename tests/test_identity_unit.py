@@ -1,0 +1,122 @@
+"""Identity decisions as pure logic: IdentityService.match and point over a real SQLite gallery with
+embeddings placed at known distances, against a calibration with two operating points. The decisions
+through Triton and real photos are in test_gallery_e2e.py; these run in milliseconds, so the mutation
+run (`make mutants`, docs/TESTING.md) can use them."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from mobidem.calibration import Calibration, OperatingPoint
+from mobidem.errors import InvalidArgument
+from mobidem.gallery import Gallery, TemplateIn
+from mobidem.identity import Evidence, IdentityService
+from mobidem.metrics import Metrics
+
+MODEL, VERSION = "dlib_resnet", "1"
+STRICT, LOOSE = 0.50, 0.60  # far_1e-3 and far_1e-2 thresholds of this test's calibration
+
+
+def point(name, far, threshold):
+    return OperatingPoint(name, far, threshold, far, 0.9, 100, 1000)
+
+
+CAL = Calibration(MODEL, VERSION, "test pairs", {"far_1e-3": point("far_1e-3", 1e-3, STRICT),
+                                                  "far_1e-2": point("far_1e-2", 1e-2, LOOSE)})
+
+
+def at(base, distance, axis):
+    """``base`` moved ``distance`` along a unit axis orthogonal to it (euclidean distance = ``distance``)."""
+    v = base.copy()
+    v[axis] += distance
+    return v
+
+
+@pytest.fixture()
+def world(tmp_path):
+    base = np.zeros(128, np.float32)
+    base[0] = 1.0
+    gallery = Gallery.open(str(tmp_path / "gallery.db"))
+    ada = gallery.enroll(None, "Ada", {}, [TemplateIn(base, MODEL, VERSION)]).identity.id
+    bob = gallery.enroll(None, "Bob", {}, [TemplateIn(at(base, 0.58, 2), MODEL, VERSION)]).identity.id
+    # Cy's only template comes from another model version: never compared, reported as stale
+    gallery.enroll(None, "Cy", {}, [TemplateIn(at(base, 0.01, 3), MODEL, "0")])
+    # match() never runs the pipeline: only its embedder's name is read (no fallback embedder configured)
+    pipeline = SimpleNamespace(embedder=object(), embedder_model=MODEL, plugins=SimpleNamespace())
+    metrics = Metrics()
+    service = IdentityService(gallery, pipeline, CAL, metrics=metrics)
+    service.model_version = VERSION
+    yield SimpleNamespace(service=service, base=base, ada=ada, bob=bob, metrics=metrics)
+    gallery.close()
+
+
+def test_the_default_point_decides_at_its_calibrated_threshold(world):
+    probe = at(world.base, 0.55, 1)  # 0.55 from Ada: between the two thresholds
+    m = world.service.match(probe, top_k=1)
+    assert (m.known, m.identity_id, m.display_name) == (False, "", "")
+    assert m.threshold == STRICT and m.operating_point == "far_1e-3"
+    assert m.distance == pytest.approx(0.55, abs=1e-5)
+    assert [c[:2] for c in m.candidates] == [(world.ada, "Ada")]
+    assert m.stale_identities == 1
+
+
+def test_the_requested_point_decides_at_its_own_threshold(world):
+    probe = at(world.base, 0.55, 1)
+    m = world.service.match(probe, top_k=1, operating_point="far_1e-2")
+    assert (m.known, m.identity_id, m.display_name) == (True, world.ada, "Ada")
+    assert m.threshold == LOOSE and m.operating_point == "far_1e-2"
+
+
+def test_a_distance_equal_to_the_threshold_is_a_match(world):
+    probe = at(world.base, STRICT, 1)
+    assert world.service.match(probe, top_k=1).known
+    assert not world.service.match(at(world.base, STRICT + 1e-3, 1), top_k=1).known
+
+
+def test_candidates_are_the_top_k_nearest_in_order(world):
+    probe = at(world.base, 0.1, 1)
+    m = world.service.match(probe, top_k=5)
+    assert [c[0] for c in m.candidates] == [world.ada, world.bob]  # Cy's template is not comparable
+    assert [c[1] for c in m.candidates] == ["Ada", "Bob"]
+    assert m.candidates[1][2] == pytest.approx(float(np.hypot(0.1, 0.58)), abs=1e-5)
+    assert m.known and m.identity_id == world.ada and m.distance == pytest.approx(0.1, abs=1e-5)
+    assert len(world.service.match(probe, top_k=1).candidates) == 1
+
+
+def test_an_empty_answer_is_unknown_at_infinite_distance(world):
+    world.service.model_version = "7"  # no template of this version
+    m = world.service.match(world.base, top_k=3)
+    assert not m.known and m.distance == float("inf") and m.candidates == [] and m.stale_identities == 3
+    assert m.threshold == STRICT and m.operating_point == "far_1e-3"
+
+
+def test_points_by_name_and_a_clear_refusal_of_unknown_ones(world):
+    s = world.service
+    assert s.point("").name == "far_1e-3" and s.point("far_1e-2").threshold == LOOSE
+    with pytest.raises(InvalidArgument) as info:
+        s.point("far_1e-4")
+    assert "far_1e-4" in str(info.value) and "['far_1e-2', 'far_1e-3']" in str(info.value)
+    with pytest.raises(InvalidArgument, match="unknown operating point 'nope'"):
+        IdentityService(s.gallery, s.pipeline, CAL, default_operating_point="nope")
+    loose = IdentityService(s.gallery, s.pipeline, CAL, default_operating_point="far_1e-2")
+    loose.model_version = VERSION
+    assert loose.match(at(world.base, 0.55, 1), top_k=1).known
+
+
+def test_the_embedder_names_model_and_version_and_decisions_are_counted(world):
+    s = world.service
+    assert s.embedder == f"{MODEL}:{VERSION}" and s.model_name == MODEL and s.audit is None
+    assert IdentityService(s.gallery, SimpleNamespace(embedder=None, embedder_model=MODEL, plugins=SimpleNamespace()), CAL).model_name == ""
+    s._decided("verify", "match")
+    s._decided("verify", "match")
+    assert world.metrics.decisions.labels("verify", "match")._value.get() == 2
+    assert world.metrics.decisions.labels("identify", "known")._value.get() == 0
+
+
+def test_evidence_of_a_record():
+    assert Evidence.of(None) == Evidence("", "")
+    assert Evidence.of({}) == Evidence("", "")
+    assert Evidence.of({"record_id": "r1", "evidence": "a.b.c", "other": 1}) == Evidence("r1", "a.b.c")
