@@ -37,7 +37,7 @@ from mobidem.metrics import Metrics, serve_http
 from mobidem.pipeline import Pipeline, PipelineConfig
 from mobidem.plugins import PluginSet, check_io
 from mobidem.streaming import StreamStats
-from mobidem.triton_client import TritonClient, is_local
+from mobidem.triton_client import TritonPool, is_local
 from mobidem.v1 import mobidem_pb2, mobidem_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -88,22 +88,31 @@ class MobidemServer:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         # fails fast on a bad configuration
         plugins = PluginSet.from_config(s.detector, s.face_plugin_names, s.track_expression_plugin)
-        url = s.triton_url
-        if not url:
+        urls = s.triton_urls  # several: one pool of replicas (docs/SCALING.md)
+        credentials = certs.triton_credentials(s.triton_tls_ca, s.triton_tls_cert, s.triton_tls_key)
+        if not urls:
+            if credentials is not None:
+                raise InvalidArgument("triton_tls_* is set but triton_url is empty: the managed Triton listens "
+                                      "on loopback only, without TLS; set triton_url to grpcs://host:port")
             self.managed = ManagedTriton([Path(s.model_repository), *plugins.repositories()], data / "triton",
                                          grpc_port=s.triton_grpc_port, http_port=s.triton_http_port,
                                          metrics_port=s.triton_metrics_port, models=plugins.model_names,
                                          locked=True)
             await asyncio.to_thread(self.managed.start, s.triton_start_timeout_s)
-            url = self.managed.grpc_url
-            log.info("managed Triton ready on %s (metrics on 127.0.0.1:%d)", url, self.managed.metrics_port)
+            urls = [self.managed.grpc_url]
+            log.info("managed Triton ready on %s (metrics on 127.0.0.1:%d)", urls[0], self.managed.metrics_port)
         shm = s.triton_shared_memory.strip().lower()
         if shm not in ("on", "off", "auto"):
             raise InvalidArgument(f"triton_shared_memory must be on, off or auto, got {s.triton_shared_memory!r}")
-        use_shm = shm == "on" or (shm == "auto" and (self.managed is not None or is_local(url)))
-        self.triton = TritonClient(url, metrics=self.metrics, shared_memory=use_shm,
-                                   headers=self.managed.auth_headers if self.managed is not None else None)
-        log.info("Triton tensors via %s", "system shared memory" if use_shm else "gRPC")
+        def use_shm(url: str) -> bool:
+            return shm == "on" or (shm == "auto" and (self.managed is not None or is_local(url)))
+
+        self.triton = TritonPool.from_urls(urls, metrics=self.metrics, shared_memory=use_shm,
+                                           headers=self.managed.auth_headers if self.managed is not None else None,
+                                           credentials=credentials, probe_failures=s.triton_probe_failures)
+        url = self.triton.url
+        log.info("Triton %s, tensors via %s", url, ", ".join(
+            "system shared memory" if use_shm(u) else "gRPC" for u in urls))
         config = PipelineConfig(threads=s.image_threads, detect_max_side=s.detect_max_side)
         self.pipeline = Pipeline(self.triton, plugins, config, metrics=self.metrics)
         if not await self.triton.ready(self.pipeline.models):
@@ -248,7 +257,7 @@ class MobidemServer:
                 ready = await self.triton.ready(self.pipeline.models)
                 if probe_every > 0 and time.monotonic() >= next_probe:
                     next_probe = time.monotonic() + probe_every
-                    if ready and await self._probe(*probe):
+                    if await self._probe(*probe):  # some replica answered (each is judged in the pool)
                         failures = 0
                     else:  # not ready, or ready but not answering: both count
                         failures += 1
@@ -265,10 +274,10 @@ class MobidemServer:
                 log.exception("Triton watch failed")
 
     async def _probe(self, model: str, inputs: dict, outputs: list[str]) -> bool:
-        """Whether one inference completes within triton_probe_timeout_s."""
+        """Whether one inference completes within triton_probe_timeout_s (on any live replica; the pool
+        takes a replica that fails triton_probe_failures probes in a row out of rotation)."""
         try:
-            await self.triton.infer(model, inputs, outputs, timeout_s=self.settings.triton_probe_timeout_s)
-            return True
+            return await self.triton.probe(model, inputs, outputs, timeout_s=self.settings.triton_probe_timeout_s)
         except Exception as exc:  # noqa: BLE001 - any failure counts
             log.info("Triton probe failed: %s", exc)
             return False

@@ -40,6 +40,19 @@ def server_credentials(tls_cert: str, tls_key: str, tls_client_ca: str = "") -> 
     return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
 
 
+def triton_credentials(ca: str, cert: str = "", key: str = "") -> grpc.ChannelCredentials | None:
+    """TLS credentials for the gateway's calls to grpcs:// Tritons (settings ``triton_tls_ca``,
+    ``triton_tls_cert``, ``triton_tls_key``); None when none is set (grpcs:// then trusts the system's roots)."""
+    if not (ca or cert or key):
+        return None
+    if bool(cert) != bool(key):
+        raise InvalidArgument("a client certificate for Triton needs both triton_tls_cert and triton_tls_key")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca, "triton_tls_ca") if ca else None,
+        private_key=_read(key, "triton_tls_key") if key else None,
+        certificate_chain=_read(cert, "triton_tls_cert") if cert else None)
+
+
 # --------------------------------------------------------------------------- development CA
 
 

@@ -32,7 +32,9 @@ def setting(default, help: str, factory=None):
 class Settings:
     listen: str = setting("127.0.0.1:50051", "gRPC address (host:port; port 0: any free port)")
     data_dir: str = setting("~/.local/share/mobidem", "gallery database, audit log, managed Triton's work files")
-    triton_url: str = setting("", "external Triton (host:port, gRPC); empty: start the managed one")
+    triton_url: str = setting("", "external Triton(s): host:port (gRPC), grpcs://host:port (TLS); several, comma-"
+                                  "separated or a YAML list: one pool of replicas (docs/SCALING.md); empty: start "
+                                  "the managed one")
     model_repository: str = setting(None, "Triton model repository (`mobidem models build` fills it)",
                                     factory=_default_repository)
     triton_start_timeout_s: float = setting(180.0, "seconds the managed Triton may take to have every model ready")
@@ -81,6 +83,10 @@ class Settings:
                                             "(not ready; a managed one is restarted)")
     triton_shared_memory: str = setting("auto", "tensors via system shared memory: on | off | auto (on for the "
                                                 "managed Triton or a loopback URL)")
+    triton_tls_ca: str = setting("", "PEM CA that signed the grpcs:// Tritons' certificates (empty: the system's "
+                                     "roots)")
+    triton_tls_cert: str = setting("", "PEM client certificate for grpcs:// Tritons that require one (mutual TLS)")
+    triton_tls_key: str = setting("", "PEM private key of triton_tls_cert")
     log_level: str = setting("INFO", "DEBUG | INFO | WARNING | ERROR")
     log_format: str = setting("text", "text | json (JSON lines with request, stream and frame ids)")
     # security (docs/SECURITY.md)
@@ -142,6 +148,10 @@ class Settings:
                               detect_every_frames=self.track_detect_every_frames)
 
     @property
+    def triton_urls(self) -> list[str]:
+        return [u for u in self.triton_url.replace(",", " ").split() if u]
+
+    @property
     def face_plugin_names(self) -> list[str]:
         return [n.strip() for n in self.face_plugins.split(",") if n.strip()]
 
@@ -151,6 +161,8 @@ class Settings:
 
 
 def _coerce(field: dataclasses.Field, value, source: str):
+    if isinstance(value, list) and field.type in (str, "str"):  # a YAML list (triton_url): comma-separated
+        value = ",".join(str(v) for v in value)
     if field.type in (bool, "bool"):
         text = str(value).strip().lower()
         if text not in ("true", "false", "1", "0", "yes", "no", "on", "off"):

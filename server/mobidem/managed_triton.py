@@ -133,6 +133,10 @@ class ManagedTriton:
     # everyone, and inference, shared memory, model config and statistics only with this instance's
     # random secret in the header `auth_headers` names; health and metadata stay open
     locked: bool = False
+    # TLS on gRPC (PEM files): grpc_url becomes grpcs://; tests use it for the gateway's TLS to Triton
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""  # the CA that signed tls_cert (what wait_ready trusts)
     process: subprocess.Popen | None = field(default=None, init=False)
     _group: int | None = field(default=None, init=False)  # process group of the last start (Triton + stubs)
 
@@ -146,7 +150,7 @@ class ManagedTriton:
         self.metrics_port = self.metrics_port or free_port()
         # the Python backend's shared-memory regions get a prefix of their own, so that two Tritons on
         # one machine never collide and a crashed one's leftovers can be removed before a restart
-        self.shm_prefix = f"mobidem_{os.getpid()}_{self.grpc_port}_"
+        self.shm_prefix = f"mobidem_{os.getpid()}_{self.grpc_port}_{secrets.token_hex(3)}_"  # one per instance
         self._secret = secrets.token_urlsafe(24)
 
     @property
@@ -156,7 +160,7 @@ class ManagedTriton:
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{'grpcs://' if self.tls_cert else ''}127.0.0.1:{self.grpc_port}"
 
     @property
     def log_path(self) -> Path:
@@ -180,6 +184,8 @@ class ManagedTriton:
             "--strict-readiness=true",
             f"--log-verbose={self.log_verbose}",
         ]
+        if self.tls_cert:
+            cmd += ["--grpc-use-ssl=true", f"--grpc-server-cert={self.tls_cert}", f"--grpc-server-key={self.tls_key}"]
         if self.models is not None:
             cmd.append("--model-control-mode=explicit")
             cmd += [f"--load-model={m}" for m in self.models]
@@ -202,10 +208,15 @@ class ManagedTriton:
         env[SITE_PACKAGES_ENV] = os.pathsep.join(self.python_path or site_packages())
         cmd = self.command(install)
         log.info("starting tritonserver: %s", " ".join(cmd))
+        # util-linux's setpriv sets PR_SET_PDEATHSIG and execs Triton, so no Python runs in the forked child
+        # (with preexec_fn it does, and an abseil mutex another thread held at the fork aborted the child
+        # when a gateway under load restarted a Triton); without setpriv, the preexec_fn
+        setpriv = shutil.which("setpriv")
         with open(self.log_path, "ab") as logfile:
             self.process = subprocess.Popen(
-                cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, preexec_fn=_die_with_parent, close_fds=True, start_new_session=True,
+                [setpriv, "--pdeathsig", "KILL", "--", *cmd] if setpriv else cmd, stdout=logfile,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                preexec_fn=None if setpriv else _die_with_parent, close_fds=True, start_new_session=True,
             )
         self._group = self.process.pid
         try:
@@ -223,7 +234,8 @@ class ManagedTriton:
         import tritonclient.grpc as grpcclient
 
         deadline = time.monotonic() + timeout
-        client = grpcclient.InferenceServerClient(self.grpc_url)
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{self.grpc_port}", ssl=bool(self.tls_cert),
+                                                  root_certificates=self.tls_ca or None)
         try:
             while time.monotonic() < deadline:
                 if self.process is None or self.process.poll() is not None:

@@ -58,6 +58,11 @@ class Metrics:
         self.decisions = Counter("mobidem_decisions_total", "Verify and Identify decisions by outcome",
                                  ["kind", "outcome"], registry=r)
         self.triton_up = Gauge("mobidem_triton_up", "1 when Triton and every configured model are ready", registry=r)
+        self.triton_replica_up = Gauge("mobidem_triton_replica_up", "1 when this Triton replica is in rotation "
+                                       "(ready, answering, serving the pinned model versions)", ["replica"],
+                                       registry=r)
+        self.triton_failovers = Counter("mobidem_triton_failovers_total", "Triton calls retried on another replica "
+                                        "after theirs failed UNAVAILABLE", ["model"], registry=r)
         for stage in STAGES:
             self.stage_seconds.labels(stage)
 

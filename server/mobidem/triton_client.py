@@ -22,6 +22,7 @@ import secrets
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
@@ -33,6 +34,14 @@ from mobidem.logs import deadline
 log = logging.getLogger(__name__)
 
 
+# tritonclient's own channel options, plus a short reconnect back-off: a Triton that restarts is seen
+# within about a second, not after gRPC's default back-off (growing to 120 s) has run out
+CHANNEL_ARGS = [("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1),
+                ("grpc.keepalive_time_ms", 2**31 - 1), ("grpc.keepalive_timeout_ms", 20000),
+                ("grpc.keepalive_permit_without_calls", 0), ("grpc.http2.max_pings_without_data", 2),
+                ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 1000)]
+
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "mobidem_gw_"
 _ALIGN = 64
@@ -42,8 +51,21 @@ def _aligned(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
+def parse_url(url: str) -> tuple[str, bool]:
+    """A Triton URL -> (host:port, TLS?): ``grpcs://host:port`` is TLS, ``grpc://host:port`` or a bare
+    ``host:port`` plaintext."""
+    url = url.strip()
+    for scheme, tls in (("grpcs://", True), ("grpc://", False)):
+        if url.lower().startswith(scheme):
+            return url[len(scheme):].rstrip("/"), tls
+    if "://" in url:
+        raise InvalidArgument(f"Triton URL {url!r}: the scheme must be grpc:// or grpcs:// (TLS), or none")
+    return url, False
+
+
 def is_local(url: str) -> bool:
     """Whether a Triton URL (host:port) names this machine's loopback."""
+    url = parse_url(url)[0]
     host = url.rsplit(":", 1)[0].strip("[]").lower() if ":" in url else url.lower()
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
@@ -167,8 +189,11 @@ class TritonClient:
     system shared memory when ``shared_memory`` is on (Triton on this machine)."""
 
     def __init__(self, url: str, timeout_s: float = 30.0, metrics=None, shared_memory: bool = False,
-                 headers: dict[str, str] | None = None):
-        self.url = url
+                 headers: dict[str, str] | None = None, credentials: grpc.ChannelCredentials | None = None):
+        self.url, tls = parse_url(url)
+        if tls and credentials is None:
+            credentials = grpc.ssl_channel_credentials()  # grpcs:// without a CA setting: the system's roots
+        self.credentials = credentials  # TLS to Triton (None: plaintext)
         # sent with every call that a locked Triton restricts (mobidem.managed_triton: inference, shared
         # memory, model config, statistics; model control is refused to everyone)
         self.headers = headers
@@ -183,8 +208,10 @@ class TritonClient:
     @property
     def client(self) -> grpcclient.InferenceServerClient:
         if self._client is None:
-            self._client = grpcclient.InferenceServerClient(self.url)
+            self._client = grpcclient.InferenceServerClient(self.url, creds=self.credentials,
+                                                            channel_args=CHANNEL_ARGS)
         return self._client
+
 
     async def close(self) -> None:
         if self.shm is not None:
@@ -193,12 +220,14 @@ class TritonClient:
             await self._client.close()
             self._client = None
 
-    async def ready(self, models: list[str] = ()) -> bool:
+    async def ready(self, models: list[str] = (), pinned: bool = True) -> bool:
+        """Whether the server and ``models`` are ready (in their pinned versions; any version: ``pinned`` False)."""
         try:
             if not await self.client.is_server_ready(client_timeout=2):
                 return False
             for m in models:
-                if not await self.client.is_model_ready(m, self._versions.get(m, ""), client_timeout=2):
+                version = self._versions.get(m, "") if pinned else ""
+                if not await self.client.is_model_ready(m, version, client_timeout=2):
                     return False
             return True
         except Exception:
@@ -216,9 +245,19 @@ class TritonClient:
         """Read each model's limits from its source, Triton's model config, once at start: the version
         (pinned from now on) and ``max_batch_size`` (larger batches are split, never sent). A model
         without a batch dimension (max_batch_size 0) cannot take the gateway's batches: refused here."""
+        planned = await self.served(models, self._versions)
+        self.pin(planned)
+        return planned
+
+    async def served(self, models: list[str], versions: dict[str, str] | None = None) -> dict[str, tuple[str, int]]:
+        """What Triton serves now, pinning nothing: each model's version (from ``versions``, else the newest
+        ready one) and its ``max_batch_size`` (0 is refused: FailedPrecondition)."""
         planned = {}
         for model in models:
-            version = await self.model_version(model)
+            version = (versions or {}).get(model)
+            if version is None:
+                meta = await self.client.get_model_metadata(model, client_timeout=5)
+                version = max(meta.versions, key=int) if meta.versions else ""
             config = await self.client.get_model_config(model, version, headers=self.headers, as_json=True,
                                                         client_timeout=5)
             max_batch = int(config.get("config", config).get("max_batch_size", 0))
@@ -226,9 +265,16 @@ class TritonClient:
                 raise FailedPrecondition(
                     f"Triton model {model} has max_batch_size {max_batch}: mobidem sends batches (frames, tiles, "
                     "faces), so its config.pbtxt needs max_batch_size >= 1")
-            self._max_batch[model] = max_batch
             planned[model] = (version, max_batch)
         return planned
+
+    def pin(self, planned: dict[str, tuple[str, int]]) -> None:
+        """Call these versions from now on, split batches at these limits."""
+        for model, (version, max_batch) in planned.items():
+            if self._versions.get(model) != version:
+                self._out_shapes.pop(model, None)
+            self._versions[model] = version
+            self._max_batch[model] = max_batch
 
     def max_batch(self, model: str) -> int:
         """The model's max_batch_size as planned (0: not planned, batches go as they are)."""
@@ -364,6 +410,268 @@ class TritonClient:
     async def statistics(self, model: str = "") -> dict:
         stats = await self.client.get_inference_statistics(model, headers=self.headers, as_json=True)
         return stats
+
+
+class Replica:
+    """One Triton endpoint of a :class:`TritonPool` and what the pool knows of it."""
+
+    def __init__(self, client: TritonClient):
+        self.client = client
+        self.url = client.url
+        self.alive = True  # server and models ready at the last check
+        self.up = True  # in rotation: alive, not wedged, serving the pinned versions
+        self.refused = ""  # why it is never used (it serves other model versions); "" = not refused
+        self.outstanding = 0  # calls in flight on it
+        self.failures = 0  # failed probe inferences in a row
+
+    def state(self) -> str:
+        if self.refused:
+            return f"refused ({self.refused})"
+        return "in rotation" if self.up else "out of rotation"
+
+
+class TritonPool:
+    """Several Triton replicas behind the interface the pipeline and the server use (``infer``,
+    ``model_version``, ``plan``, ``max_batch``, ``metadata``, ``ready``, ``close``); one URL is a pool of one.
+
+    - **Balancing**: each call goes to the replica in rotation with the fewest calls in flight (ties in
+      turn). When none is in rotation a call still tries the replicas that are not refused, so a single
+      Triton that restarts behaves as one client always did (its calls fail UNAVAILABLE until it is back).
+    - **Failover**: a call that fails UNAVAILABLE on a replica (it died, restarted or lost the model)
+      takes that replica out of rotation and is retried once on another replica in rotation; other
+      errors (the request's fault, a model bug, a deadline) are not retried.
+    - **Versions**: ``plan`` pins every model's version from the first replica that answers at start
+      (the newest version it serves) and reads ``max_batch_size``; every call names the pinned version.
+      A replica whose newest served version differs, or whose ``max_batch_size`` is smaller, is refused,
+      logged and never used; it is judged again each time it is ready after being out.
+    - **Readiness**: ``ready`` (the server's watchdog, every second) checks every replica and puts a
+      ready one back after judging it again; ``probe`` runs one tiny inference on every live replica and
+      takes one out after ``probe_failures`` failures in a row (wedged: ready, but answering nothing).
+    """
+
+    def __init__(self, replicas: list[TritonClient], probe_failures: int = 3, metrics=None):
+        if not replicas:
+            raise InvalidArgument("triton_url names no Triton endpoint")
+        self.replicas = [Replica(c) for c in replicas]
+        self.probe_failures = max(1, probe_failures)
+        self.metrics = metrics
+        self.timeout_s = replicas[0].timeout_s
+        self._models: list[str] | None = None  # set by plan
+        self._versions: dict[str, str] = {}
+        self._max_batch: dict[str, int] = {}
+        self._turn = 0
+
+    @classmethod
+    def from_urls(cls, urls: list[str], *, timeout_s: float = 30.0, metrics=None, shared_memory=lambda url: False,
+                  headers: dict[str, str] | None = None, credentials: grpc.ChannelCredentials | None = None,
+                  probe_failures: int = 3) -> "TritonPool":
+        """A pool of ``urls`` (``grpcs://`` ones over TLS with ``credentials``, else the system's roots);
+        ``shared_memory(url)``: whether that replica gets tensors through /dev/shm."""
+        if len(set(urls)) != len(urls):
+            raise InvalidArgument(f"triton_url names an endpoint twice: {urls}")
+        if credentials is not None and not any(parse_url(u)[1] for u in urls):
+            raise InvalidArgument(f"triton_tls_ca/cert/key are set but every triton_url is plaintext: write "
+                                  f"grpcs://{parse_url(urls[0])[0]} for TLS to that Triton")
+        clients = [TritonClient(u, timeout_s, metrics, shared_memory(u), headers,
+                                credentials if parse_url(u)[1] else None) for u in urls]
+        return cls(clients, probe_failures, metrics)
+
+    @property
+    def url(self) -> str:
+        return ", ".join(r.url for r in self.replicas)
+
+    def describe(self) -> str:
+        return "; ".join(f"{r.url}: {r.state()}" for r in self.replicas)
+
+    def _publish(self) -> None:
+        if self.metrics is not None:
+            for r in self.replicas:
+                self.metrics.triton_replica_up.labels(r.url).set(1 if r.up and not r.refused else 0)
+
+    # -- choosing a replica
+
+    def _pick(self, exclude: list[Replica]) -> Replica | None:
+        usable = [r for r in self.replicas if not r.refused and r not in exclude]
+        live = [r for r in usable if r.up]
+        # nothing in rotation: a first try still goes to a replica that may be back (a retry does not)
+        choice = live or ([] if exclude else usable)
+        if not choice:
+            return None
+        least = min(r.outstanding for r in choice)
+        tied = [r for r in choice if r.outstanding == least]
+        self._turn += 1
+        return tied[self._turn % len(tied)]
+
+    def _lost(self, replica: Replica, error: Exception) -> None:
+        if replica.up:
+            replica.up = False
+            log.warning("Triton replica %s failed a call (%s): out of rotation until it is ready again",
+                        replica.url, error)
+            self._publish()
+
+    async def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
+                    timeout_s: float | None = None) -> dict[str, np.ndarray]:
+        batch = next(iter(inputs.values())).shape[0]
+        limit = self._max_batch.get(model, 0)
+        if limit and batch > limit:  # split at the model's max_batch_size; the parts may go to different replicas
+            parts = await asyncio.gather(*(
+                self.infer(model, {k: v[i:i + limit] for k, v in inputs.items()}, outputs, timeout_s)
+                for i in range(0, batch, limit)))
+            return {name: np.concatenate([p[name] for p in parts]) for name in outputs}
+        tried: list[Replica] = []
+        while True:
+            replica = self._pick(tried)
+            if replica is None:
+                raise Unavailable(f"no Triton replica can serve {model} ({self.describe()})")
+            tried.append(replica)
+            replica.outstanding += 1
+            try:
+                return await replica.client.infer(model, inputs, outputs, timeout_s)
+            except Unavailable as exc:
+                self._lost(replica, exc)
+                if len(tried) > 1 or self._pick(tried) is None:  # retried once already, or nowhere to go
+                    raise
+                if self.metrics is not None:
+                    self.metrics.triton_failovers.labels(model).inc()
+                log.debug("retrying a %s call on another Triton replica after %s failed: %s", model, replica.url, exc)
+            finally:
+                replica.outstanding -= 1
+
+    # -- versions and limits
+
+    async def plan(self, models: list[str]) -> dict[str, tuple[str, int]]:
+        """Pin each model's version and read its ``max_batch_size`` from the first replica that answers;
+        judge the others against it (see the class). No replica answers: UNAVAILABLE."""
+        self._models = list(models)
+        planned, misfit = None, None
+        for r in self.replicas:
+            try:
+                got = await r.client.served(self._models)
+            except FailedPrecondition as exc:  # a model config mobidem cannot use
+                misfit = misfit or exc
+                self._refuse(r, str(exc))
+                continue
+            except Exception as exc:  # noqa: BLE001 - down now: judged when it is ready
+                r.alive = r.up = False
+                log.warning("Triton replica %s did not answer at start (%s); it is used once it is ready",
+                            r.url, exc)
+                continue
+            if planned is None:
+                planned = got
+                self._versions = {m: v for m, (v, _) in got.items()}
+                self._max_batch = {m: b for m, (_, b) in got.items()}
+                r.client.pin(got)
+                r.alive = r.up = True
+                log.info("Triton replica %s pins the model versions %s", r.url, self._versions)
+            else:
+                self._judge(r, got)
+        self._publish()
+        if planned is None:
+            if misfit is not None:
+                raise misfit
+            raise Unavailable(f"no Triton replica answered ({self.describe()})")
+        return planned
+
+    def _refuse(self, r: Replica, why: str) -> None:
+        if r.refused != why:
+            log.error("Triton replica %s is REFUSED and will not be used: %s", r.url, why)
+        r.refused, r.up = why, False
+
+    def _judge(self, r: Replica, got: dict[str, tuple[str, int]]) -> bool:
+        problems = [f"{m} version {v} where the other replicas serve {self._versions[m]}"
+                    for m, (v, _) in got.items() if v != self._versions[m]]
+        problems += [f"{m} max_batch_size {b} < {self._max_batch[m]}"
+                     for m, (_, b) in got.items() if b < self._max_batch[m]]
+        if problems:
+            self._refuse(r, "; ".join(problems))
+            return False
+        if self._models is not None and (r.refused or not r.up):
+            log.warning("Triton replica %s is ready with the pinned model versions: back in rotation", r.url)
+        r.client.pin({m: (self._versions[m], b) for m, (_, b) in got.items()})
+        r.refused, r.up, r.alive, r.failures = "", True, True, 0
+        return True
+
+    async def _admit(self, r: Replica) -> bool:
+        """A replica ready again after being out: planned afresh from what it serves now, then judged."""
+        try:
+            got = await r.client.served(self._models)
+        except FailedPrecondition as exc:
+            self._refuse(r, str(exc))
+            return False
+        except Exception as exc:  # noqa: BLE001 - not answering yet: the next check tries again
+            log.info("Triton replica %s is not ready to be judged yet: %s", r.url, exc)
+            return False
+        if not self._judge(r, got):
+            return False
+        if r.client.shm is not None:
+            r.client.shm.generation += 1  # a restarted Triton lost the shared-memory registrations
+        return True
+
+    async def model_version(self, model: str) -> str:
+        if model in self._versions:
+            return self._versions[model]
+        return await self._first().client.model_version(model)
+
+    def max_batch(self, model: str) -> int:
+        return self._max_batch.get(model, 0)
+
+    def _first(self) -> Replica:
+        return next((r for r in self.replicas if r.up and not r.refused),
+                    next((r for r in self.replicas if not r.refused), self.replicas[0]))
+
+    async def metadata(self, model: str) -> dict:
+        return await self._first().client.metadata(model)
+
+    async def statistics(self, model: str = "", replica: int = 0) -> dict:
+        return await self.replicas[replica].client.statistics(model)
+
+    # -- readiness
+
+    async def ready(self, models: list[str] = ()) -> bool:
+        """Whether any replica is in rotation, after checking each (the watchdog calls this every second)."""
+        states = await asyncio.gather(*(self._check(r, models) for r in self.replicas))
+        self._publish()
+        return any(states)
+
+    async def _check(self, r: Replica, models) -> bool:
+        # in rotation: ready in the pinned versions; out or refused: ready in any, then judged again
+        r.alive = await r.client.ready(models, pinned=r.up and not r.refused)
+        if not r.alive:
+            if r.up and self._models is not None:
+                log.warning("Triton replica %s is not ready: out of rotation", r.url)
+            r.up = False
+            return False
+        if self._models is None:  # not planned yet: readiness is all there is
+            r.up = True
+            return True
+        if r.failures >= self.probe_failures:  # wedged: back only after a probe answers
+            return False
+        if not r.up or r.refused:
+            return await self._admit(r)
+        return True
+
+    async def probe(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], timeout_s: float) -> bool:
+        """One tiny inference on every live, not refused replica; whether any answered."""
+        targets = [r for r in self.replicas if r.alive and not r.refused]
+        answered = await asyncio.gather(*(self._probe_one(r, model, inputs, outputs, timeout_s) for r in targets))
+        self._publish()
+        return any(answered)
+
+    async def _probe_one(self, r: Replica, model, inputs, outputs, timeout_s) -> bool:
+        try:
+            await r.client.infer(model, inputs, outputs, timeout_s=timeout_s)
+        except Exception as exc:  # noqa: BLE001 - any failure counts
+            r.failures += 1
+            log.info("Triton probe of %s failed (%d in a row): %s", r.url, r.failures, exc)
+            if r.failures >= self.probe_failures and r.up:
+                r.up = False
+                log.warning("Triton replica %s failed %d probes in a row: out of rotation", r.url, r.failures)
+            return False
+        r.failures = 0
+        return True
+
+    async def close(self) -> None:
+        await asyncio.gather(*(r.client.close() for r in self.replicas), return_exceptions=True)
 
 
 _CODES = {DeadlineExceeded: "DEADLINE_EXCEEDED", Unavailable: "UNAVAILABLE", InvalidArgument: "INVALID_ARGUMENT",
