@@ -266,3 +266,86 @@ def test_triton_url_as_a_list(tmp_path):
     assert config.load(None, environ={"MOBIDEM_TRITON_URL": "a:1, b:2"}).triton_urls == ["a:1", "b:2"]
     assert config.load(None, environ={"MOBIDEM_TRITON_URL": "a:1"}).triton_urls == ["a:1"]
     assert config.load(None, environ={}).triton_urls == []
+
+
+# ------------------------------------------------------------------ long-lived streams behind balancers
+
+
+def _paced(frames, seconds: float, fps: float = 10):
+    for i in range(int(seconds * fps)):
+        time.sleep(1 / fps)
+        yield frames[i % len(frames)]
+
+
+def _active_streams(metrics_port: int) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("mobidem_active_streams "))
+
+
+def test_the_client_resumes_its_stream_on_the_other_gateway_when_its_gateway_dies(triton, tmp_path, hamilton, faces):
+    """A client given two gateways streams through one; that gateway is killed with SIGKILL mid-stream:
+    the client opens the stream again on the other, sends again the frames that had no result, and every
+    frame gets exactly one result, in order; unary calls go on through the live gateway."""
+    import socket
+
+    from conftest import spawn_server
+    from mobidem.client import MobidemClient
+
+    gateways = []
+    try:
+        for name in ("a", "b"):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            proc, target = spawn_server(triton.grpc_url, tmp_path / name, tmp_path / f"{name}.log",
+                                        metrics_listen=f"127.0.0.1:{port}")
+            gateways.append((proc, target, port))
+        results, errors = [], []
+        n = 60
+
+        def run():
+            try:
+                with MobidemClient([g[1] for g in gateways], timeout=60) as c:
+                    results.extend(c.stream(_paced(hamilton, n / 10), timeout=120, resume=True))
+            except BaseException as exc:  # noqa: BLE001 - judged below
+                errors.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        wait_for(lambda: len(results) >= 15, 60, "the stream did not start")
+        holder = next(g for g in gateways if _active_streams(g[2]) == 1)
+        holder[0].kill()  # SIGKILL
+        killed_at = len(results)
+        thread.join(120)
+        assert not thread.is_alive(), "the stream hung"
+        assert not errors, errors
+        assert [r.sequence for r in results] == list(range(1, n + 1)), "a frame lost, repeated or out of order"
+        assert all(r.status == OK for r in results), [(r.sequence, r.error_message) for r in results if r.status != OK]
+        assert killed_at < n - 10, "the kill came too late to test anything"
+        other = next(g for g in gateways if g is not holder)
+        assert _active_streams(other[2]) == 0  # the resumed stream ran there and is closed
+        with MobidemClient([g[1] for g in gateways], timeout=30) as c:
+            for _ in range(4):  # round robin skips the dead gateway
+                assert c.analyze(person_photos(faces, "barack_obama")[0]).faces
+    finally:
+        for proc, _, _ in gateways:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_max_connection_age_ends_streams_and_the_client_resumes(start_server, hamilton):
+    """grpc_max_connection_age_s: a stream outliving its connection's age and grace ends UNAVAILABLE
+    (so balancers get to spread clients again); with resume the client goes on, losing no frame."""
+    from mobidem.v1 import mobidem_pb2 as pb_
+
+    server = start_server(grpc_max_connection_age_s=1.5, grpc_max_connection_age_grace_s=1)
+    with server.client() as c:
+        with pytest.raises(grpc.RpcError) as info:
+            list(c.stream(_paced(hamilton, 6), timeout=60))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    with server.client() as c:
+        out = list(c.stream(_paced(hamilton, 6), timeout=60, resume=True))
+    assert [r.sequence for r in out] == list(range(1, 61))
+    assert all(r.status == pb_.FrameResult.STATUS_OK for r in out)

@@ -156,6 +156,9 @@ class MobidemServer:
                              max_pixels=s.max_image_pixels, decode_min_side=s.detect_max_side // 2)
         options = [("grpc.max_receive_message_length", s.max_message_bytes + 64 * 1024),
                    ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+        if s.grpc_max_connection_age_s > 0:  # long-lived streams behind a balancer (docs/SCALING.md)
+            options += [("grpc.max_connection_age_ms", int(s.grpc_max_connection_age_s * 1000)),
+                        ("grpc.max_connection_age_grace_ms", int(s.grpc_max_connection_age_grace_s * 1000))]
         interceptors = [ObservingInterceptor(self.metrics), api_auth.from_settings(s)]  # auth errors mapped too
         self.server = grpc.aio.server(interceptors=interceptors, options=options)
         analysis = FaceAnalysisServicer(self.pipeline, limits, s.default_in_flight, s.max_in_flight, self.stats,

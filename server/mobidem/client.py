@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import collections
 import os
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -116,13 +118,46 @@ class _ApiKey(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercepto
     intercept_stream_stream = intercept_stream_unary
 
 
+def channel_target(target) -> tuple[str, list[tuple[str, object]]]:
+    """A target (``host:port``, ``dns:///name:port``, or a list of ``host:port``) -> the gRPC target and the
+    channel options that spread calls over every address (``round_robin``; a gateway that is down is skipped).
+    A list is resolved here into one ``ipv4:``/``ipv6:`` target; behind TLS prefer ``dns:///`` (one name)."""
+    if isinstance(target, str) and "," in target and "://" not in target and not target.startswith(("ipv4:", "ipv6:")):
+        target = [t.strip() for t in target.split(",") if t.strip()]
+    if isinstance(target, (list, tuple)):
+        if len(target) == 1:
+            target = target[0]
+        else:
+            addresses = []
+            for item in target:
+                host, _, port = item.rpartition(":")
+                for family, *_, sockaddr in socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM):
+                    addresses.append((family, f"[{sockaddr[0]}]:{port}" if family == socket.AF_INET6
+                                      else f"{sockaddr[0]}:{port}"))
+            v4 = [a for f, a in addresses if f == socket.AF_INET]
+            v6 = [a for f, a in addresses if f == socket.AF_INET6]
+            target = "ipv4:" + ",".join(dict.fromkeys(v4)) if v4 else "ipv6:" + ",".join(dict.fromkeys(v6))
+            return target, [("grpc.lb_policy_name", "round_robin")]
+    if target.startswith(("dns:", "ipv4:", "ipv6:")):
+        return target, [("grpc.lb_policy_name", "round_robin")]
+    return target, []
+
+
+RESUMABLE = (grpc.StatusCode.UNAVAILABLE,)  # the gateway died, restarted or closed an aged connection
+
+
 class MobidemClient:
-    def __init__(self, target: str = "127.0.0.1:50051", timeout: float = 60.0,
+    def __init__(self, target="127.0.0.1:50051", timeout: float = 60.0,
                  max_message_bytes: int = 64 * 1024 * 1024, credentials: grpc.ChannelCredentials | None = None,
                  api_key: str | None = None):
-        """``credentials``: TLS (see :func:`tls_credentials`); ``api_key``: sent as ``x-api-key`` on every call."""
+        """``target``: ``host:port``, ``dns:///name:port`` or several gateways (a list, or comma-separated),
+        calls spread over them with ``round_robin``; ``credentials``: TLS (see :func:`tls_credentials`);
+        ``api_key``: sent as ``x-api-key`` on every call."""
+        target, balancing = channel_target(target)
         options = [("grpc.max_send_message_length", max_message_bytes),
-                   ("grpc.max_receive_message_length", max_message_bytes)]
+                   ("grpc.max_receive_message_length", max_message_bytes),
+                   # a gateway that died is tried again soon, not after gRPC's back-off of up to 120 s
+                   ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000), *balancing]
         self.channel = (grpc.secure_channel(target, credentials, options) if credentials
                         else grpc.insecure_channel(target, options))
         calls = grpc.intercept_channel(self.channel, _ApiKey(api_key)) if api_key else self.channel
@@ -151,21 +186,33 @@ class MobidemClient:
     def stream(self, frames: Iterable, tasks=(), min_face_size: int = 0,
                drop_policy: int = pb.DROP_POLICY_NONE, max_in_flight: int = 0, raw: bool = False,
                timeout: float | None = None, tracking: int = pb.TRACKING_UNSPECIFIED,
-               fps: float | None = None) -> Iterator[pb.FrameResult]:
+               fps: float | None = None, resume: bool = False, resume_attempts: int = 5) -> Iterator[pb.FrameResult]:
         """Send frames (RGB arrays, paths or bytes); yields one FrameResult per frame, in order.
 
         Capture times: the send time, or with ``fps`` (a video file's rate) the video's own timeline
-        from now, so that tracking measures time as the camera did, not as fast as the file is read."""
-        def requests():
-            yield pb.StreamRequest(options=pb.StreamOptions(tasks=tasks, min_face_size=min_face_size,
-                                                            drop_policy=drop_policy, max_in_flight=max_in_flight,
-                                                            tracking=tracking))
-            start = time.time_ns()
-            for seq, frame in enumerate(frames, 1):
-                msg = pb.Frame(sequence=seq, image=to_image(frame, raw=raw))
-                msg.capture_time.FromNanoseconds(start + int((seq - 1) * 1e9 / fps) if fps else time.time_ns())
-                yield pb.StreamRequest(frame=msg)
-        return self.analysis.Stream(requests(), timeout=timeout)
+        from now, so that tracking measures time as the camera did, not as fast as the file is read.
+
+        ``resume``: when the stream fails UNAVAILABLE (its gateway died, or closed a connection past
+        its maximum age), open a new one (on another gateway when the client has several) with the same
+        options, send again the frames that have no result yet, under their own sequence numbers, and go
+        on; up to ``resume_attempts`` failures in a row, with back-off, then the error is raised. A new
+        stream starts its tracks afresh."""
+        options = pb.StreamOptions(tasks=tasks, min_face_size=min_face_size, drop_policy=drop_policy,
+                                   max_in_flight=max_in_flight, tracking=tracking)
+        start = time.time_ns()
+
+        def frame_message(seq: int, frame) -> pb.Frame:
+            msg = pb.Frame(sequence=seq, image=to_image(frame, raw=raw))
+            msg.capture_time.FromNanoseconds(start + int((seq - 1) * 1e9 / fps) if fps else time.time_ns())
+            return msg
+
+        if not resume:
+            def requests():
+                yield pb.StreamRequest(options=options)
+                for seq, frame in enumerate(frames, 1):
+                    yield pb.StreamRequest(frame=frame_message(seq, frame))
+            return self.analysis.Stream(requests(), timeout=timeout)
+        return _ResumableStream(self.analysis, options, iter(frames), frame_message, timeout, resume_attempts).run()
 
     def enroll(self, display_name: str, images: Iterable, identity_id: str = "", metadata=None,
                face_index: int | None = None, idempotency_key: str = "",
@@ -213,6 +260,68 @@ class MobidemClient:
 
     def delete_identity(self, identity_id: str) -> pb.DeleteIdentityResponse:
         return self.gallery.DeleteIdentity(pb.DeleteIdentityRequest(identity_id=identity_id), timeout=self.timeout)
+
+
+class _ResumableStream:
+    """One logical stream over as many Stream calls as it takes (see ``MobidemClient.stream(resume=True)``).
+
+    gRPC pulls each call's requests on its own thread. Frames are taken from the caller's iterator under a
+    lock and recorded as pending (sent, no result yet) before they are sent; a call that failed stops
+    taking frames (its generation is over), and the next call first sends again every pending frame."""
+
+    def __init__(self, stub, options, frames, frame_message, timeout, attempts):
+        self.stub, self.options, self.frames, self.frame_message = stub, options, frames, frame_message
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.attempts = attempts
+        self.lock = threading.Lock()
+        self.pending: dict[int, pb.Frame] = {}  # sequence -> frame sent without a result yet
+        self.next_seq = 1
+        self.generation = 0
+        self.resumed = 0  # how many times the stream was resumed (for callers and tests)
+
+    def _requests(self, generation: int):
+        yield pb.StreamRequest(options=self.options)
+        with self.lock:
+            again = [self.pending[s] for s in sorted(self.pending)]
+        for msg in again:
+            yield pb.StreamRequest(frame=msg)
+        while True:
+            with self.lock:  # one call at a time takes frames; a superseded call takes none
+                if generation != self.generation:
+                    return
+                try:
+                    frame = next(self.frames)
+                except StopIteration:
+                    return
+                msg = self.frame_message(self.next_seq, frame)
+                self.pending[self.next_seq] = msg
+                self.next_seq += 1
+            yield pb.StreamRequest(frame=msg)
+
+    def run(self) -> Iterator[pb.FrameResult]:
+        failures = 0
+        while True:
+            with self.lock:
+                generation = self.generation
+            remaining = None if self.deadline is None else max(0.001, self.deadline - time.monotonic())
+            call = self.stub.Stream(self._requests(generation), timeout=remaining)
+            try:
+                for result in call:
+                    with self.lock:
+                        self.pending.pop(result.sequence, None)
+                    failures = 0
+                    yield result
+                return
+            except grpc.RpcError as exc:
+                if exc.code() not in RESUMABLE or failures >= self.attempts:
+                    raise
+                failures += 1
+                with self.lock:
+                    self.generation += 1  # the failed call's request thread takes no further frame
+                self.resumed += 1
+                time.sleep(min(2.0, 0.2 * 2 ** (failures - 1)))
+            finally:
+                call.cancel()
 
 
 def describe(result: pb.FrameResult) -> str:

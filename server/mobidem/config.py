@@ -71,6 +71,12 @@ class Settings:
     max_streams: int = setting(256, "open Stream calls of all clients together")
     stream_idle_timeout_s: float = setting(60.0, "a stream that sends nothing for this long is closed; 0: never")
     shutdown_grace_s: float = setting(10.0, "SIGTERM: in-flight calls get this long to finish")
+    grpc_max_connection_age_s: float = setting(
+        0.0, "a client connection older than this is told to go (GOAWAY), so clients reconnect and a balancer "
+             "spreads them again; 0: never (docs/SCALING.md)")
+    grpc_max_connection_age_grace_s: float = setting(
+        30.0, "calls still open on such a connection get this long, then end UNAVAILABLE (a client that "
+              "resumes its stream goes on elsewhere)")
     image_threads: int = setting(2, "threads that decode and warp images")
     idempotency_retention_s: float = setting(7 * 24 * 3600.0, "how long idempotency keys are kept (purged hourly)")
     metrics_listen: str = setting("127.0.0.1:9095", "HTTP /metrics, /healthz, /readyz (host:port); empty: off")
