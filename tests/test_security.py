@@ -97,6 +97,9 @@ def calls(stubs, photos):
         # a link without its transaction_ref: INVALID_ARGUMENT for the right role, no token made
         "/mobidem.v1.Ceremonies/CreateCeremony": lambda md: ceremonies.CreateCeremony(
             pb.CreateCeremonyRequest(), metadata=md, timeout=60),
+        # a ceremony that does not exist: NOT_FOUND for the right role
+        "/mobidem.v1.Ceremonies/GetCeremony": lambda md: ceremonies.GetCeremony(
+            pb.GetCeremonyRequest(ceremony_ref="nothing"), metadata=md, timeout=60),
     }
 
 
@@ -123,6 +126,7 @@ POLICY = {
     "/mobidem.v1.Gallery/GetEvidenceKeys": "*",
     "/mobidem.v1.Liveness/Ceremony": "liveness",
     "/mobidem.v1.Ceremonies/CreateCeremony": "ceremony",
+    "/mobidem.v1.Ceremonies/GetCeremony": "ceremony",
 }
 
 

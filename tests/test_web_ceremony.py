@@ -28,10 +28,11 @@ import pytest
 from conftest import need, person_photos
 from liveness_data import VIDEOS, seed_for, splice
 from mobidem import auth
-from mobidem.errors import ResourceExhausted, Unauthenticated
+from mobidem.errors import NotFound, ResourceExhausted, Unauthenticated
 from mobidem.liveness.challenges import Challenge as C
 from mobidem.v1 import mobidem_pb2 as pb
 from mobidem.v1 import mobidem_pb2_grpc as pb_grpc
+from mobidem.web import tokens as links
 from mobidem.web.tokens import CeremonyTokens, Grant
 from test_liveness import held, mesh_triton, rgb, start_mesh_server  # noqa: F401 - fixtures and attack frames
 from test_web import browser, chromium, screenshot, text  # noqa: F401 - fixtures and helpers
@@ -59,17 +60,28 @@ def test_a_token_works_once_until_it_expires_and_only_if_issued():
     clock = Clock()
     tokens = CeremonyTokens(ttl_s=300, max_pending=3, clock=clock)
     grant = Grant("doc-sha256", "alice", "far_1e-3", 7, "partner")
-    token, ttl = tokens.issue(grant)
+    token, ttl, ref = tokens.issue(grant)
     assert ttl == 300 and token.startswith("mbc_") and len(token) >= 4 + 43  # 256 random bits, URL-safe
+    assert ref and ref not in token
+    assert tokens.status(ref, "partner")[0] == links.WAITING
+    with pytest.raises(NotFound):  # another key's ceremony
+        tokens.status(ref, "someone-else")
     assert tokens.take(token) == grant
+    assert tokens.status(ref, "partner")[0] == links.RUNNING
     with pytest.raises(Unauthenticated, match="already used"):
         tokens.take(token)
-    short, ttl = tokens.issue(grant, ttl_s=60)
+    outcome = pb.LivenessOutcome(decision=pb.LivenessOutcome.DECISION_PASS, evidence_record_id="r1")
+    tokens.finish(token, outcome)
+    tokens.finish(token, error="INTERNAL: too late")  # the first end stands
+    state, entry = tokens.status(ref, "partner")
+    assert state == links.DONE and entry.outcome.evidence_record_id == "r1" and not entry.error
+    short, ttl, short_ref = tokens.issue(grant, ttl_s=60)
     assert ttl == 60 and tokens.issue(grant, ttl_s=9999)[1] == 300  # a request may only shorten the TTL
     tokens.issue(grant)
     with pytest.raises(ResourceExhausted, match="waiting to be opened"):  # 3 pending: max_pending
         tokens.issue(grant)
     clock.now += 61
+    assert tokens.status(short_ref, "partner")[0] == links.EXPIRED
     with pytest.raises(Unauthenticated, match="expired"):
         tokens.take(short)
     for bad, reason in (("mbc_" + "A" * 43, "never issued"), ("mbk_" + "A" * 43, "malformed"),
@@ -77,12 +89,14 @@ def test_a_token_works_once_until_it_expires_and_only_if_issued():
         with pytest.raises(Unauthenticated, match=reason):
             tokens.take(bad)
     assert tokens.pending() == 2
-    clock.now += 600  # expired, and one more TTL: forgotten at the next issue
+    clock.now += 600  # expired or ended, and one more TTL: forgotten at the next issue
     assert tokens.pending() == 0
     tokens.issue(grant)
     assert len(tokens._entries) == 1
     with pytest.raises(Unauthenticated, match="never issued"):
         tokens.take(token)
+    with pytest.raises(NotFound):
+        tokens.status(ref, "partner")
 
 
 # --------------------------------------------------------------------------- server, links, camera files
@@ -98,7 +112,8 @@ def root(faces):
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     path = tmp_path_factory.mktemp("keys") / "keys.yaml"
-    return path, {"partner": auth.add_key(path, "partner", "ceremony"), "liveness": auth.add_key(path, "signer", "liveness")}
+    return path, {"partner": auth.add_key(path, "partner", "ceremony"), "liveness": auth.add_key(path, "signer", "liveness"),
+                  "other": auth.add_key(path, "other-partner", "ceremony")}
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +130,13 @@ def create(server, key: str, **fields) -> pb.CreateCeremonyResponse:
 
 def link(server, keys, **fields) -> pb.CreateCeremonyResponse:
     return create(server, keys[1]["partner"], **{"transaction_ref": "sha256:contract-42", **fields})
+
+
+def ask(server, key: str, ref: str, wait_s: float = 0.0) -> pb.CeremonyStatus:
+    """Ceremonies/GetCeremony as the partner's backend calls it."""
+    with grpc.insecure_channel(server.target) as channel:
+        return pb_grpc.CeremoniesStub(channel).GetCeremony(pb.GetCeremonyRequest(ceremony_ref=ref, wait_s=wait_s),
+                                                           metadata=[("x-api-key", key)], timeout=90)
 
 
 def write_y4m(frames: list[np.ndarray], fps: float, out: Path) -> Path:
@@ -226,6 +248,7 @@ def test_genuine_ceremony_passes_in_the_browser_and_its_link_then_is_spent(serve
     assert made.path.startswith("/ceremony#token=mbc_") and made.url.endswith(made.path)
     assert made.url.startswith(server.server.web.url.rstrip("/"))
     assert 0 < made.expires_at.ToSeconds() - time.time() <= 300  # web_ceremony_ttl_s: 5 minutes
+    assert ask(server, keys[1]["partner"], made.ceremony_ref).state == pb.CeremonyStatus.STATE_WAITING
     driver = browser(*camera(genuine_y4m))
     phone(driver)
     seen = run_page(driver, made.url, tmp_path, "pass")
@@ -240,6 +263,15 @@ def test_genuine_ceremony_passes_in_the_browser_and_its_link_then_is_spent(serve
     assert record["jti"] == seen["evidence_id"] and record["kind"] == "liveness" and record["decision"] == "pass"
     assert record["transaction_ref"] == "sha256:contract-42"  # fixed by the partner, not by the page
     assert record["liveness"]["ceremony_id"] == seen["ceremony_id"] and record["liveness"]["test_seed"] == seed_for(ORDER)
+    # the partner's backend learns the same outcome, with the signed evidence itself
+    status = ask(server, keys[1]["partner"], made.ceremony_ref)
+    assert status.state == pb.CeremonyStatus.STATE_DONE and status.transaction_ref == "sha256:contract-42"
+    assert status.outcome.decision == pb.LivenessOutcome.DECISION_PASS
+    assert status.outcome.evidence_record_id == seen["evidence_id"] and status.outcome.ceremony_id == seen["ceremony_id"]
+    assert status.outcome.evidence == server.server.audit.evidence(seen["evidence_id"])
+    with pytest.raises(grpc.RpcError) as info:  # another partner's key cannot read it
+        ask(server, keys[1]["other"], made.ceremony_ref)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert driver.execute_script("return [window.innerWidth, document.documentElement.scrollWidth]")[1] <= 390
     docs_shot(driver, "ceremony-pass")
     # the same link again: spent
@@ -312,12 +344,18 @@ def start(server, token: str | None) -> dict:
 
 
 def test_socket_refuses_forged_spent_expired_and_missing_tokens(server, keys):
-    used = link(server, keys, test_seed=seed_for(ORDER)).token
+    made = link(server, keys, test_seed=seed_for(ORDER))
+    used, used_ref = made.token, made.ceremony_ref
     prompt = start(server, used)  # accepted: the ceremony starts with its first prompt (the seed's first challenge)
     assert prompt["type"] == "prompt" and prompt["index"] == 0 and prompt["count"] == 3, prompt
     assert prompt["challenge"] == ORDER[0].name.lower() and prompt["ceremony_id"]
-    expiring = link(server, keys, ttl_s=1).token
+    made = link(server, keys, ttl_s=1)
+    expiring, expiring_ref = made.token, made.ceremony_ref
     time.sleep(1.3)
+    status = ask(server, keys[1]["partner"], used_ref, wait_s=30)  # the page went away after the first prompt
+    assert status.state == pb.CeremonyStatus.STATE_DONE and status.outcome.decision == pb.LivenessOutcome.DECISION_FAIL
+    assert status.outcome.reasons and status.outcome.evidence_record_id, status
+    assert ask(server, keys[1]["partner"], expiring_ref).state == pb.CeremonyStatus.STATE_EXPIRED
     for token, reason in ((used, "already used"), (expiring, "expired"), ("mbc_" + "x" * 43, "never issued"),
                           ("", "needs a ceremony link"), (None, "needs a ceremony link")):
         error = start(server, token)

@@ -50,6 +50,7 @@ METHOD_ROLES = {
     "/mobidem.v1.Gallery/GetEvidenceKeys": "*",       # public keys: any valid key (ANY_ROLE)
     "/mobidem.v1.Liveness/Ceremony": "liveness",      # a ceremony, with its optional 1:1
     "/mobidem.v1.Ceremonies/CreateCeremony": "ceremony",  # a one-time link to the web ceremony page
+    "/mobidem.v1.Ceremonies/GetCeremony": "ceremony",     # its state and outcome (the creating key only)
 }
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")

@@ -1,4 +1,5 @@
-"""Ceremonies servicer: a partner's backend creates a one-time link to the web ceremony page.
+"""Ceremonies servicer: a partner's backend creates a one-time link to the web ceremony page, then
+asks how the ceremony went (GetCeremony: its state, and its outcome with the signed evidence).
 
 The request fixes the ceremony (transaction_ref, the optional identity for the 1:1, the operating
 point, a test seed in test mode); the answer is a token (``mobidem.web.tokens``) and the page's path
@@ -17,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from mobidem import logs
 from mobidem.api import convert
 from mobidem.errors import FailedPrecondition, InvalidArgument, NotFound
+from mobidem.web import tokens as links
 from mobidem.v1 import mobidem_pb2 as pb
 from mobidem.v1 import mobidem_pb2_grpc as pb_grpc
 from mobidem.web.tokens import Grant
@@ -48,7 +50,7 @@ class CeremoniesServicer(pb_grpc.CeremoniesServicer):
         if request.identity_id and await asyncio.to_thread(self.identities.gallery.get, request.identity_id) is None:
             raise NotFound(f"identity {request.identity_id!r} does not exist")
         grant = Grant(ref, request.identity_id, request.operating_point and point.name, seed, logs.caller.get() or "")
-        token, ttl = self.web.tokens.issue(grant, request.ttl_s)
+        token, ttl, ref = self.web.tokens.issue(grant, request.ttl_s)
         expires = Timestamp()
         expires.FromNanoseconds(int((time.time() + ttl) * 1e9))
         path = f"{PAGE}#token={token}"
@@ -56,4 +58,24 @@ class CeremoniesServicer(pb_grpc.CeremoniesServicer):
                  grant.creator or "(no key)", f"identity {grant.identity_id!r}" if grant.identity_id else "no identity",
                  len(ref), ttl)
         return pb.CreateCeremonyResponse(token=token, path=path, url=self.web.url.rstrip("/") + path,
-                                         expires_at=expires)
+                                         expires_at=expires, ceremony_ref=ref)
+
+    async def GetCeremony(self, request: pb.GetCeremonyRequest, context) -> pb.CeremonyStatus:
+        if not 0 <= request.wait_s <= MAX_WAIT_S:
+            raise InvalidArgument(f"wait_s must be 0-{MAX_WAIT_S:g} seconds")
+        if not request.ceremony_ref or len(request.ceremony_ref) > 64:
+            raise InvalidArgument("ceremony_ref is required: CreateCeremonyResponse.ceremony_ref")
+        if self.web is None:
+            raise NotFound("no such ceremony: this server has no web page (web_listen), so no ceremony links")
+        state, entry = await self.web.tokens.wait(request.ceremony_ref, logs.caller.get() or "", request.wait_s)
+        status = pb.CeremonyStatus(state=STATES[state], transaction_ref=entry.grant.transaction_ref,
+                                   identity_id=entry.grant.identity_id, error=entry.error)
+        if entry.outcome is not None:
+            status.outcome.CopyFrom(entry.outcome)
+        return status
+
+
+MAX_WAIT_S = 60.0
+STATES = {links.WAITING: pb.CeremonyStatus.STATE_WAITING, links.RUNNING: pb.CeremonyStatus.STATE_RUNNING,
+          links.DONE: pb.CeremonyStatus.STATE_DONE, links.EXPIRED: pb.CeremonyStatus.STATE_EXPIRED,
+          links.ERROR: pb.CeremonyStatus.STATE_ERROR}

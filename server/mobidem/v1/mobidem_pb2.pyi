@@ -617,13 +617,51 @@ class CreateCeremonyRequest(_message.Message):
     def __init__(self, identity_id: _Optional[str] = ..., transaction_ref: _Optional[str] = ..., operating_point: _Optional[str] = ..., test_seed: _Optional[int] = ..., ttl_s: _Optional[float] = ...) -> None: ...
 
 class CreateCeremonyResponse(_message.Message):
-    __slots__ = ("token", "path", "url", "expires_at")
+    __slots__ = ("token", "path", "url", "expires_at", "ceremony_ref")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    CEREMONY_REF_FIELD_NUMBER: _ClassVar[int]
     token: str
     path: str
     url: str
     expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, token: _Optional[str] = ..., path: _Optional[str] = ..., url: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    ceremony_ref: str
+    def __init__(self, token: _Optional[str] = ..., path: _Optional[str] = ..., url: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ceremony_ref: _Optional[str] = ...) -> None: ...
+
+class GetCeremonyRequest(_message.Message):
+    __slots__ = ("ceremony_ref", "wait_s")
+    CEREMONY_REF_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
+    ceremony_ref: str
+    wait_s: float
+    def __init__(self, ceremony_ref: _Optional[str] = ..., wait_s: _Optional[float] = ...) -> None: ...
+
+class CeremonyStatus(_message.Message):
+    __slots__ = ("state", "outcome", "transaction_ref", "identity_id", "error")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[CeremonyStatus.State]
+        STATE_WAITING: _ClassVar[CeremonyStatus.State]
+        STATE_RUNNING: _ClassVar[CeremonyStatus.State]
+        STATE_DONE: _ClassVar[CeremonyStatus.State]
+        STATE_EXPIRED: _ClassVar[CeremonyStatus.State]
+        STATE_ERROR: _ClassVar[CeremonyStatus.State]
+    STATE_UNSPECIFIED: CeremonyStatus.State
+    STATE_WAITING: CeremonyStatus.State
+    STATE_RUNNING: CeremonyStatus.State
+    STATE_DONE: CeremonyStatus.State
+    STATE_EXPIRED: CeremonyStatus.State
+    STATE_ERROR: CeremonyStatus.State
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_REF_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    state: CeremonyStatus.State
+    outcome: LivenessOutcome
+    transaction_ref: str
+    identity_id: str
+    error: str
+    def __init__(self, state: _Optional[_Union[CeremonyStatus.State, str]] = ..., outcome: _Optional[_Union[LivenessOutcome, _Mapping]] = ..., transaction_ref: _Optional[str] = ..., identity_id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...

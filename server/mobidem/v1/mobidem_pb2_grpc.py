@@ -605,6 +605,11 @@ class CeremoniesStub:
                 request_serializer=mobidem_dot_v1_dot_mobidem__pb2.CreateCeremonyRequest.SerializeToString,
                 response_deserializer=mobidem_dot_v1_dot_mobidem__pb2.CreateCeremonyResponse.FromString,
                 _registered_method=True)
+        self.GetCeremony = channel.unary_unary(
+                '/mobidem.v1.Ceremonies/GetCeremony',
+                request_serializer=mobidem_dot_v1_dot_mobidem__pb2.GetCeremonyRequest.SerializeToString,
+                response_deserializer=mobidem_dot_v1_dot_mobidem__pb2.CeremonyStatus.FromString,
+                _registered_method=True)
 
 
 class CeremoniesServicer:
@@ -617,6 +622,14 @@ class CeremoniesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCeremony(self, request, context):
+        """Where a ceremony created by this key stands, and its outcome once done (kept one
+        web_ceremony_ttl_s after it ends, in the issuing gateway's memory).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CeremoniesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -624,6 +637,11 @@ def add_CeremoniesServicer_to_server(servicer, server):
                     servicer.CreateCeremony,
                     request_deserializer=mobidem_dot_v1_dot_mobidem__pb2.CreateCeremonyRequest.FromString,
                     response_serializer=mobidem_dot_v1_dot_mobidem__pb2.CreateCeremonyResponse.SerializeToString,
+            ),
+            'GetCeremony': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCeremony,
+                    request_deserializer=mobidem_dot_v1_dot_mobidem__pb2.GetCeremonyRequest.FromString,
+                    response_serializer=mobidem_dot_v1_dot_mobidem__pb2.CeremonyStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -653,6 +671,33 @@ class Ceremonies:
             '/mobidem.v1.Ceremonies/CreateCeremony',
             mobidem_dot_v1_dot_mobidem__pb2.CreateCeremonyRequest.SerializeToString,
             mobidem_dot_v1_dot_mobidem__pb2.CreateCeremonyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCeremony(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobidem.v1.Ceremonies/GetCeremony',
+            mobidem_dot_v1_dot_mobidem__pb2.GetCeremonyRequest.SerializeToString,
+            mobidem_dot_v1_dot_mobidem__pb2.CeremonyStatus.FromString,
             options,
             channel_credentials,
             insecure,

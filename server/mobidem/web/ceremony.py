@@ -94,10 +94,10 @@ class CeremonyBridge:
         self.max_fps = max_fps
         self.idle_timeout_s = idle_timeout_s
 
-    def options(self, token: str) -> pb.LivenessOptions:
-        """The ceremony's options: the token's grant (spent here), or none in development without a token."""
+    def options(self, token: str) -> pb.LivenessOptions | None:
+        """The ceremony's options: the token's grant (spent here), or None in development without a token."""
         if not token and not self.key_required:
-            return pb.LivenessOptions()
+            return None
         grant = self.tokens.take(token)  # Unauthenticated: unknown, spent or expired
         options = pb.LivenessOptions(transaction_ref=grant.transaction_ref, operating_point=grant.operating_point)
         if grant.identity_id:
@@ -115,30 +115,40 @@ class CeremonyBridge:
                 await ws.send(text)
 
         reset = None
+        token = ""  # once spent here: the ceremony the partner may ask about (GetCeremony)
         try:
             try:
                 first = await asyncio.wait_for(ws.recv(), self.idle_timeout_s)
             except asyncio.TimeoutError:
                 raise DeadlineExceeded(f"no start message within {self.idle_timeout_s:g} s") from None
             reset = logs.caller.set(""), logs.peer.set(peer)
-            options = self.options(parse_start(first))
-            requests = self._requests(ws, options, send)
+            presented = parse_start(first)
+            options = self.options(presented)
+            token = presented if options is not None else ""
+            requests = self._requests(ws, options or pb.LivenessOptions(), send)
             async with contextlib.aclosing(self.liveness.Ceremony(requests, _Context(peer))) as responses:
                 async for response in responses:
                     if response.WhichOneof("message") == "prompt":
                         await send(wire.prompt(response.prompt))
                     else:
+                        if token:  # recorded for the partner before the page is told (it may be gone)
+                            self.tokens.finish(token, response.outcome)
                         await send(wire.outcome(response.outcome))
             await ws.close(1000, "ceremony ended")
         except ConnectionClosed:
             return
         except MobidemError as exc:
-            await _fail(ws, send, status_for(exc) or grpc.StatusCode.INTERNAL, str(exc))
+            code = status_for(exc) or grpc.StatusCode.INTERNAL
+            if token:
+                self.tokens.finish(token, error=f"{code.name}: {exc}")
+            await _fail(ws, send, code, str(exc))
         except Exception:  # noqa: BLE001 - a bug ends this socket, never the server
             ref = secrets.token_hex(6)
             log.exception("web ceremony failed (ref %s)", ref)
             await _fail(ws, send, grpc.StatusCode.INTERNAL, f"internal error (ref {ref}); the server log has details")
         finally:
+            if token:  # no-op when an outcome or an error was recorded
+                self.tokens.finish(token, error="INTERNAL: the ceremony ended without an outcome")
             if reset is not None:
                 for var, token in zip((logs.caller, logs.peer), reset):
                     var.reset(token)
