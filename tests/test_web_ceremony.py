@@ -112,7 +112,8 @@ def root(faces):
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     path = tmp_path_factory.mktemp("keys") / "keys.yaml"
-    return path, {"partner": auth.add_key(path, "partner", "ceremony"), "liveness": auth.add_key(path, "signer", "liveness"),
+    return path, {"partner": auth.add_key(path, "partner", "ceremony"),
+                  "liveness": auth.add_key(path, "signer", "liveness"),
                   "other": auth.add_key(path, "other-partner", "ceremony")}
 
 
@@ -262,12 +263,14 @@ def test_genuine_ceremony_passes_in_the_browser_and_its_link_then_is_spent(serve
     record = claims(server, seen["evidence_id"])  # the id the page shows is the signed record's
     assert record["jti"] == seen["evidence_id"] and record["kind"] == "liveness" and record["decision"] == "pass"
     assert record["transaction_ref"] == "sha256:contract-42"  # fixed by the partner, not by the page
-    assert record["liveness"]["ceremony_id"] == seen["ceremony_id"] and record["liveness"]["test_seed"] == seed_for(ORDER)
+    assert record["liveness"]["ceremony_id"] == seen["ceremony_id"]
+    assert record["liveness"]["test_seed"] == seed_for(ORDER)
     # the partner's backend learns the same outcome, with the signed evidence itself
     status = ask(server, keys[1]["partner"], made.ceremony_ref)
     assert status.state == pb.CeremonyStatus.STATE_DONE and status.transaction_ref == "sha256:contract-42"
     assert status.outcome.decision == pb.LivenessOutcome.DECISION_PASS
-    assert status.outcome.evidence_record_id == seen["evidence_id"] and status.outcome.ceremony_id == seen["ceremony_id"]
+    assert status.outcome.evidence_record_id == seen["evidence_id"]
+    assert status.outcome.ceremony_id == seen["ceremony_id"]
     assert status.outcome.evidence == server.server.audit.evidence(seen["evidence_id"])
     with pytest.raises(grpc.RpcError) as info:  # another partner's key cannot read it
         ask(server, keys[1]["other"], made.ceremony_ref)

@@ -107,7 +107,7 @@ def run_demo(args) -> int:
     with tempfile.TemporaryDirectory(prefix="mobidem-demo-") as tmp:
         settings = config.load(None, environ={"MOBIDEM_DATA_DIR": tmp, "MOBIDEM_LISTEN": "127.0.0.1:0",
                                               "MOBIDEM_METRICS_LISTEN": "127.0.0.1:0", "MOBIDEM_TRITON_METRICS_PORT": "0",
-                                              "MOBIDEM_WEB_LISTEN": "127.0.0.1:0"})
+                                              "MOBIDEM_WEB_LISTEN": "127.0.0.1:0"})  # the live view (docs/WEB.md)
         server, loop, started = _start_server(settings)
         try:
             target = f"127.0.0.1:{server.port}"
