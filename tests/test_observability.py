@@ -114,11 +114,12 @@ def test_alert_rules_pass_promtool():
 
 @pytest.fixture(scope="module")
 def managed_server(model_repository, tmp_path_factory):
-    """A server on its embedded default (managed Triton) at the ports the committed scrape config names."""
+    """A server on its embedded default (managed Triton), every port a free one (never the fixed 9095 and
+    8002 that the committed scrape config names: another process may hold them)."""
     from mobidem import config
 
     env = {"MOBIDEM_DATA_DIR": str(tmp_path_factory.mktemp("managed")), "MOBIDEM_LISTEN": "127.0.0.1:0",
-           "MOBIDEM_METRICS_LISTEN": "127.0.0.1:9095", "MOBIDEM_TRITON_METRICS_PORT": "8002"}
+           "MOBIDEM_METRICS_LISTEN": "127.0.0.1:0", "MOBIDEM_TRITON_METRICS_PORT": "0"}
     server = RunningServer(config.load(None, environ=env))
     yield server
     server.stop()
@@ -133,7 +134,14 @@ def test_prometheus_scrapes_gateway_and_triton(managed_server, tmp_path, faces):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    prom = subprocess.Popen(["prometheus", f"--config.file={DEPLOY / 'prometheus.yml'}",
+    # the committed config (its jobs, paths, rules), its two targets moved to this server's free ports
+    committed = (DEPLOY / "prometheus.yml").read_text()
+    assert committed.count('"127.0.0.1:9095"') == 1 and committed.count('"127.0.0.1:8002"') == 1
+    scrape_config = tmp_path / "prometheus.yml"
+    scrape_config.write_text(committed.replace("127.0.0.1:9095", f"127.0.0.1:{managed_server.server.metrics_port}")
+                             .replace("127.0.0.1:8002", f"127.0.0.1:{managed_server.server.managed.metrics_port}"))
+    shutil.copy(DEPLOY / "alerts.yml", tmp_path / "alerts.yml")
+    prom = subprocess.Popen(["prometheus", f"--config.file={scrape_config}",
                              f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"))
     try:

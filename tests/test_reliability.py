@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import signal
 import sqlite3
 import threading
@@ -132,36 +133,193 @@ def test_streams_per_client_are_limited(start_server, hamilton_jpegs):
             call.cancel()
 
 
-def test_deadline_is_honoured(server, faces):
+def _scrape(port: int) -> dict[tuple, float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _metric(samples: dict, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def _settled(port: int, check, timeout: float = 10.0) -> dict:
+    """The server's metrics once ``check(samples)`` holds (they are updated as the call's handler ends)."""
+    end = time.monotonic() + timeout
+    while True:
+        samples = _scrape(port)
+        if check(samples) or time.monotonic() > end:
+            return samples
+        time.sleep(0.1)
+
+
+def test_a_deadline_that_runs_out_inside_the_server(server, faces):
+    """Analyze of a 12-MP photo with a deadline a third of what its analysis takes: the call reaches the
+    server (a 1 ms deadline would be answered by the client library alone), the server ends it at the
+    deadline instead of finishing the work, counts it as DEADLINE_EXCEEDED, and answers normally after."""
+    photo = person_photos(faces, "barack_obama")[0]
+    big = cv2.imencode(".jpg", cv2.resize(cv2.imread(str(photo)), (4032, 3024), interpolation=cv2.INTER_CUBIC),
+                       [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+    port = server.server.metrics_port
     with server.client() as client:
+        full = []
+        for _ in range(2):
+            started = time.monotonic()
+            assert client.analyze(big).faces
+            full.append(time.monotonic() - started)
+        full = min(full)
+        before = _scrape(port)
         with pytest.raises(grpc.RpcError) as info:
-            client.analysis.Analyze(pb.AnalyzeRequest(image=to_image(person_photos(faces, "barack_obama")[0])),
-                                    timeout=0.001)
+            client.analysis.Analyze(pb.AnalyzeRequest(image=pb.Image(encoded=big)), timeout=full / 3)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert client.analyze(person_photos(faces, "barack_obama")[0]).faces
+        after = _settled(port, lambda s: _metric(s, "mobidem_grpc_request_duration_seconds_count", method="Analyze")
+                         > _metric(before, "mobidem_grpc_request_duration_seconds_count", method="Analyze"))
+
+        def delta(name, **labels):
+            return _metric(after, name, **labels) - _metric(before, name, **labels)
+
+        assert delta("mobidem_grpc_requests_total", method="Analyze", code="DEADLINE_EXCEEDED") == 1
+        assert delta("mobidem_grpc_requests_total", method="Analyze", code="OK") == 0
+        assert delta("mobidem_grpc_requests_total", method="Analyze", code="CANCELLED") == 0
+        # the server's own handling ended at the deadline, not when the work would have been done
+        assert delta("mobidem_grpc_request_duration_seconds_sum", method="Analyze") < full / 3 + full / 2, full
+        assert client.analyze(person_photos(faces, "barack_obama")[0]).faces  # healthy after
 
 
-def test_sigterm_drains_and_closes_cleanly(triton, tmp_path, faces, hamilton_jpegs):
+def test_a_stream_deadline_reached_with_frames_in_flight(start_server, hamilton_jpegs, caplog):
+    """A stream that sends frames faster than they are analysed, with a 2 s deadline: it ends with
+    DEADLINE_EXCEEDED after an unbroken run of results; the server cancels the frames it still held
+    (received, never answered), its in-flight and open-stream counters return to zero, it counts the call
+    as DEADLINE_EXCEEDED and logs the stream's end, and the client's stream place is free again (one
+    stream per client on this server)."""
+    server = start_server(max_streams_per_client=1)
+    port = server.server.metrics_port
+    stop = threading.Event()
+
+    def endless():
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            yield hamilton_jpegs[i % len(hamilton_jpegs)]
+
+    before = _scrape(port)
+    got = []
+    with server.client() as client, caplog.at_level(logging.INFO, logger="mobidem.api.analysis"):
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            for result in client.stream(endless(), timeout=2.0, max_in_flight=8):
+                got.append(result)
+        elapsed = time.monotonic() - started
+        stop.set()
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and 1.9 <= elapsed < 6, (info.value, elapsed)
+        assert got and [r.sequence for r in got] == list(range(1, len(got) + 1))
+        assert {r.status for r in got} == {OK}
+        after = _settled(port, lambda s: _metric(s, "mobidem_frames_in_flight") == 0
+                         and _metric(s, "mobidem_active_streams") == 0
+                         and _metric(s, "mobidem_grpc_requests_total", method="Stream", code="DEADLINE_EXCEEDED") >= 1)
+        assert _metric(after, "mobidem_frames_in_flight") == 0 and _metric(after, "mobidem_active_streams") == 0
+        assert server.server.stats.in_flight == 0 and server.server.stats.active_streams == 0
+
+        def delta(name, **labels):
+            return _metric(after, name, **labels) - _metric(before, name, **labels)
+
+        assert delta("mobidem_grpc_requests_total", method="Stream", code="DEADLINE_EXCEEDED") == 1
+        received, answered = delta("mobidem_frames_received_total"), delta("mobidem_frames_processed_total")
+        assert delta("mobidem_frames_failed_total", code="DEADLINE_EXCEEDED") == 0
+        assert len(got) <= answered < received, (len(got), answered, received)  # held frames were cancelled
+        closed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stream closed")]
+        assert closed == [f"stream closed: {int(answered)} ok, 0 dropped, 0 failed"], closed
+        # the same connection (the same client) may open its one stream again, and it works
+        again = list(client.stream(iter(hamilton_jpegs[:3]), timeout=60))
+        assert [(r.sequence, r.status) for r in again] == [(1, OK), (2, OK), (3, OK)]
+
+
+def test_sigterm_finishes_accepted_frames_refuses_new_calls_and_exits_within_the_grace(triton, tmp_path, faces,
+                                                                                       hamilton_jpegs):
+    """SIGTERM with two streams open (docs/RELIABILITY.md: SIGTERM stops new calls, lets in-flight ones
+    finish within shutdown_grace_s): new calls are refused at once; stream A, held open across the
+    signal, goes on being served and gets every one of its 32 frames back OK; stream B never ends by
+    itself, so the grace runs out: B's results are an unbroken OK run, then the call ends UNAVAILABLE
+    or CANCELLED (the frames it still had in flight get that status, not a result), and the server exits 0
+    when the configured grace is over, not after a built-in 10 s; the gallery is intact."""
+    from mobidem.client import MobidemClient
+
+    grace = 5.0
     log = tmp_path / "serve.log"
-    proc, target = spawn_server(triton.grpc_url, tmp_path / "data", log, shutdown_grace_s=10)
-    try:
-        from mobidem.client import MobidemClient
+    proc, target = spawn_server(triton.grpc_url, tmp_path / "data", log, shutdown_grace_s=grace)
+    released, stop = threading.Event(), threading.Event()
 
+    def held_open():  # 16 frames, then nothing until the drain has been checked, then 16 more and the end
+        yield from hamilton_jpegs[:16]
+        released.wait(60)
+        yield from hamilton_jpegs[16:32]
+
+    def endless():
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            time.sleep(0.1)
+            yield hamilton_jpegs[i % len(hamilton_jpegs)]
+
+    results: dict[str, list] = {"A": [], "B": []}
+    ended: dict[str, object] = {}
+
+    def run(name, frames):
+        try:
+            with MobidemClient(target) as c:
+                for r in c.stream(frames, max_in_flight=8, timeout=120):
+                    results[name].append(r)
+            ended[name] = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            ended[name] = exc.code()
+
+    try:
         with MobidemClient(target) as client:
             client.enroll("Obama", [person_photos(faces, "barack_obama")[0]], face_index=0)
-            call = client.stream(iter(hamilton_jpegs[:40]), max_in_flight=8)
-            first = next(call)
-            proc.send_signal(signal.SIGTERM)
-            rest = []
+        threads = {name: threading.Thread(target=run, args=(name, frames))
+                   for name, frames in (("A", held_open()), ("B", endless()))}
+        for thread in threads.values():
+            thread.start()
+        wait_until = time.monotonic() + 60
+        while not (len(results["A"]) >= 8 and results["B"]) and time.monotonic() < wait_until:
+            time.sleep(0.05)
+        assert len(results["A"]) >= 8 and results["B"], (len(results["A"]), len(results["B"]))
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        refused = None  # a new call during the drain (the signal is handled within moments)
+        while refused is None and time.monotonic() < signalled + 3:
             try:
-                rest = list(call)
+                with MobidemClient(target) as c:
+                    c.analysis.Analyze(pb.AnalyzeRequest(image=to_image(hamilton_jpegs[0])), timeout=5)
+                time.sleep(0.05)
             except grpc.RpcError as exc:
-                assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), exc
-        assert proc.wait(30) == 0, log.read_text()[-2000:]
-        assert [r.sequence for r in [first, *rest]] == list(range(1, 2 + len(rest)))
+                refused = exc.code()
+        # gRPC refuses a call that arrives at a server shutting down: CANCELLED, or UNAVAILABLE once the
+        # listener is closed; never served
+        assert refused in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), refused
+        assert proc.poll() is None, "the server did not wait for the streams in flight"
+        released.set()
+        threads["A"].join(60)
+        rc = proc.wait(grace + 30)
+        exited = time.monotonic() - signalled
+        stop.set()
+        threads["B"].join(30)
     finally:
+        released.set()
+        stop.set()
         if proc.poll() is None:
             proc.kill()
+    assert rc == 0, log.read_text()[-2000:]
+    assert ended["A"] == grpc.StatusCode.OK, ended
+    assert [(r.sequence, r.status) for r in results["A"]] == [(i, OK) for i in range(1, 33)]
+    assert ended["B"] in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), ended
+    assert [(r.sequence, r.status) for r in results["B"]] == [(i, OK) for i in range(1, len(results["B"]) + 1)]
+    # B kept the server busy until the grace ran out; then it closed promptly
+    assert grace - 0.5 <= exited <= grace + 4, exited
     db = sqlite3.connect(tmp_path / "data" / "gallery.db")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert db.execute("SELECT count(*) FROM identities").fetchone()[0] == 1

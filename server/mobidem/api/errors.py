@@ -37,6 +37,7 @@ STATUS = {
 
 
 MAX_MESSAGE = 1000
+DEADLINE_SKEW_S = 0.05  # a call cancelled with less time than this left ended at its deadline
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode | None:
@@ -66,7 +67,13 @@ def _code(context, exc: BaseException | None, finished: bool) -> str:
         return code.name
     if exc is not None:
         return (status_for(exc) or grpc.StatusCode.INTERNAL).name
-    return "OK" if finished else "CANCELLED"
+    if finished:
+        return "OK"
+    # ended without a status of ours: gRPC cancelled the handler, because the call's deadline passed (the
+    # client sees DEADLINE_EXCEEDED; the client's clock runs out a moment before the server's, so its
+    # cancellation may arrive with a few milliseconds left here) or because the client went away
+    remaining = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= DEADLINE_SKEW_S else "CANCELLED"
 
 
 class _Malformed:
