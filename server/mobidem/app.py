@@ -43,6 +43,15 @@ from mobidem.v1 import mobidem_pb2, mobidem_pb2_grpc
 log = logging.getLogger(__name__)
 
 DEFAULT_CALIBRATION = Path(__file__).resolve().parent / "data" / "calibration.json"
+
+
+def shipped_calibration(model: str) -> Path:
+    """The shipped calibration file (data/calibration*.json) of the embedder ``model``; the default one when
+    none is for it (the start then refuses it, naming both embedders)."""
+    for path in sorted(DEFAULT_CALIBRATION.parent.glob("calibration*.json")):
+        if calibration.load(path).model_name == model:
+            return path
+    return DEFAULT_CALIBRATION
 SERVICES = ("mobidem.v1.FaceAnalysis", "mobidem.v1.Gallery", "mobidem.v1.Liveness", "mobidem.v1.Ceremonies")
 
 
@@ -87,7 +96,8 @@ class MobidemServer:
         for service in ("", *SERVICES):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         # fails fast on a bad configuration
-        plugins = PluginSet.from_config(s.detector, s.face_plugin_names, s.track_expression_plugin)
+        plugins = PluginSet.from_config(s.detector, s.face_plugin_names, s.track_expression_plugin,
+                                        s.fallback_embedder.strip())
         urls = s.triton_urls  # several: one pool of replicas (docs/SCALING.md)
         credentials = certs.triton_credentials(s.triton_tls_ca, s.triton_tls_cert, s.triton_tls_key)
         if not urls:
@@ -132,9 +142,15 @@ class MobidemServer:
                 private_file(data / name, create=name == "gallery.db")
             self.gallery = await asyncio.to_thread(Gallery.open, str(data / "gallery.db"),
                                                    template_key=load_key(s.template_key_file, s.template_key))
-        points = calibration.load(s.calibration or DEFAULT_CALIBRATION)
+        points = calibration.load(s.calibration or shipped_calibration(
+            self.pipeline.embedder_model if self.pipeline.embedder is not None else ""))
         if self.pipeline.embedder is not None:
-            self._check_calibration(points, planned)
+            self._check_calibration(points, planned, self.pipeline.embedder)
+        fallback_points = None
+        if plugins.fallback_embedder is not None:  # a migration: the old embedder's own thresholds
+            fallback_points = calibration.load(s.fallback_calibration or shipped_calibration(
+                plugins.fallback_embedder.models[0].name))
+            self._check_calibration(fallback_points, planned, plugins.fallback_embedder)
         models = [f"{m}:{await self.triton.model_version(m)}" for m in self.pipeline.models]
         self.signer = signer = await asyncio.to_thread(evidence_signer, s, data)
         model_info = evidence_records.model_descriptions([Path(s.model_repository), *plugins.repositories()],
@@ -143,12 +159,15 @@ class MobidemServer:
                               witness=evidence_checkpoints.load_witness(s.audit_witness))
         await asyncio.to_thread(self.audit.checkpoint)  # the head as found at start (after a crash: its tail)
         self.identities = IdentityService(self.gallery, self.pipeline, points, s.operating_point, self.metrics,
-                                          audit=self.audit)
+                                          audit=self.audit, fallback_points=fallback_points,
+                                          keep_enrolment_images=s.keep_enrolment_images)
         self.metrics.gallery_identities.set_function(  # a shared gallery: from memory, a scrape must not need the DB
             self.gallery.count if self.gallery.follower is None else lambda: self.gallery.index.identity_count())
         self.metrics.gallery_templates.set_function(lambda: len(self.gallery.index))
         if self.pipeline.embedder is not None:
             self.identities.model_version = await self.triton.model_version(self.pipeline.embedder_model)
+        if self.identities.fallback is not None:
+            self.identities.fallback.version = await self.triton.model_version(self.identities.fallback.model_name)
         self.pipeline.matcher = self.identities
 
         await asyncio.to_thread(imaging.warm_up)
@@ -201,10 +220,15 @@ class MobidemServer:
                  f"{s.metrics_listen.rpartition(':')[0]}:{self.metrics_port}" if self._http else "(off)")
         return self
 
-    def _check_calibration(self, points: calibration.Calibration, planned: dict[str, tuple[str, int]]) -> None:
+    def _check_calibration(self, points: calibration.Calibration, planned: dict[str, tuple[str, int]],
+                           embedder) -> None:
         """The thresholds hold only for the embedder they were computed with: refuse another one."""
         s = self.settings
-        model = self.pipeline.embedder_model
+        model = embedder.models[0].name
+        metric = getattr(embedder, "metric", "euclidean")  # how the plugin's embeddings are compared
+        if points.metric != metric:
+            raise FailedPrecondition(f"the calibration for {model} compares by {points.metric} distance but the "
+                                     f"{embedder.name} plugin's embeddings compare by {metric}: use its own calibration")
         repositories = [Path(s.model_repository), *self.pipeline.plugins.repositories()]
         version = planned[model][0]
         # the ONNX file's sha256 from the build manifest, when it describes the version Triton serves
@@ -385,6 +409,30 @@ def private_file(path: Path, create: bool = False) -> None:
     if mode & 0o077:
         log.warning("%s was mode %o; setting 0600 (it holds face templates)", path, mode)
         os.chmod(path, 0o600)
+
+
+async def reembed_gallery(settings: Settings, echo=print) -> dict[str, int]:
+    """`mobidem gallery reembed`: for every identity with kept enrolment photos (keep_enrolment_images), the
+    templates of each configured embedder it lacks (the primary one after a migration), made from those photos
+    through the configured Triton. Runs a server without listeners; a SQLite gallery's serving gateway sees
+    the new templates after its restart (a PostgreSQL gallery's gateways follow them at once). Returns the
+    templates added per identity."""
+    import dataclasses
+
+    quiet = dataclasses.replace(settings, listen="127.0.0.1:0", metrics_listen="", web_listen="")
+    server = MobidemServer(quiet)
+    added: dict[str, int] = {}
+    try:
+        await server.start()
+        embedders = ", ".join(e.label for e in server.identities.embedders)
+        ids = await asyncio.to_thread(server.gallery.identities_with_enrolment_images)
+        echo(f"{len(ids)} identities have kept enrolment photos; embedders: {embedders}")
+        for identity_id in ids:
+            added[identity_id] = await server.identities.reembed(identity_id)
+            echo(f"{identity_id}: {added[identity_id]} template(s) added")
+    finally:
+        await server.stop(grace=0)
+    return added
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:

@@ -9,6 +9,11 @@ accepted when ``distance <= threshold``.
 dlib's published rule is "same person if distance < 0.6" (``DLIB_DEFAULT_THRESHOLD``);
 calibrating on data from the deployment's own cameras gives operating points with a
 known FAR instead. Pure numpy + json; no I/O besides ``load``/``save``.
+
+Each embedder has its own file and its own metric (``embedder.metric``: ``euclidean`` for
+dlib's ResNet, the default when a file does not say; ``cosine`` for SFace, where the
+distance is 1 - cosine similarity: gallery/index.py). A file's thresholds hold only for
+the embedder, version and ONNX file it names (``embedder_mismatch``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 DLIB_DEFAULT_THRESHOLD = 0.6
 FORMAT_VERSION = 1
 DEFAULT_FARS = (1e-2, 1e-3)
+METRICS = ("euclidean", "cosine")  # as gallery/index.py computes them
 
 
 def _arr(name: str, x) -> np.ndarray:
@@ -157,13 +163,14 @@ class Calibration:
     best_accuracy_threshold: float | None = None
     best_accuracy: float | None = None
     onnx_sha256: str = ""  # the embedder's model.onnx (repository MANIFEST.json) the pairs were embedded with
+    metric: str = "euclidean"  # how the distances were computed: euclidean | cosine (1 - cosine similarity)
 
     def threshold(self, name: str = "far_1e-3") -> float:
         return self.operating_points[name].threshold
 
     def describe(self) -> str:
         sha = self.onnx_sha256[:12] or "unrecorded"
-        return f"{self.model_name} version {self.model_version} (ONNX sha256 {sha})"
+        return f"{self.model_name} version {self.model_version} (ONNX sha256 {sha}, {self.metric} distance)"
 
 
 def embedder_mismatch(cal: Calibration, model_name: str, model_version: str, onnx_sha256: str) -> str | None:
@@ -178,21 +185,26 @@ def embedder_mismatch(cal: Calibration, model_name: str, model_version: str, onn
 
 
 def calibrate(
-    genuine, impostor, model_name: str, model_version: str, dataset: str, fars=DEFAULT_FARS, onnx_sha256: str = ""
+    genuine, impostor, model_name: str, model_version: str, dataset: str, fars=DEFAULT_FARS, onnx_sha256: str = "",
+    metric: str = "euclidean",
 ) -> Calibration:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
     t, acc = best_accuracy_threshold(genuine, impostor)
     ops = {}
     for far in fars:
         op = operating_point(genuine, impostor, far)
         ops[op.name] = op
-    return Calibration(model_name, model_version, dataset, ops, auc(genuine, impostor), t, acc, onnx_sha256)
+    return Calibration(model_name, model_version, dataset, ops, auc(genuine, impostor), t, acc, onnx_sha256, metric)
 
 
 def to_json(cal: Calibration) -> dict:
+    embedder = {"model_name": cal.model_name, "model_version": cal.model_version, "onnx_sha256": cal.onnx_sha256}
+    if cal.metric != "euclidean":  # the files written before metrics existed stay as they were
+        embedder["metric"] = cal.metric
     return {
         "format_version": FORMAT_VERSION,
-        "embedder": {"model_name": cal.model_name, "model_version": cal.model_version,
-                     "onnx_sha256": cal.onnx_sha256},
+        "embedder": embedder,
         "dataset": cal.dataset,
         "auc": cal.auc,
         "best_accuracy_threshold": cal.best_accuracy_threshold,
@@ -205,7 +217,7 @@ def from_json(d: dict) -> Calibration:
     if d.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"unsupported calibration format_version {d.get('format_version')!r}")
     try:
-        return Calibration(
+        cal = Calibration(
             model_name=d["embedder"]["model_name"],
             model_version=d["embedder"]["model_version"],
             dataset=d.get("dataset", ""),
@@ -214,9 +226,13 @@ def from_json(d: dict) -> Calibration:
             best_accuracy_threshold=d.get("best_accuracy_threshold"),
             best_accuracy=d.get("best_accuracy"),
             onnx_sha256=d["embedder"].get("onnx_sha256", ""),
+            metric=d["embedder"].get("metric", "euclidean"),
         )
     except (KeyError, TypeError) as e:
         raise ValueError(f"malformed calibration file: {e}") from e
+    if cal.metric not in METRICS:
+        raise ValueError(f"calibration file: unknown metric {cal.metric!r}; known: {', '.join(METRICS)}")
+    return cal
 
 
 def save(path: str | os.PathLike, cal: Calibration) -> None:

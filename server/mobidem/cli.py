@@ -57,6 +57,17 @@ def _serve(args) -> int:
     return 0
 
 
+def _gallery_reembed(args) -> int:
+    from mobidem import config, logs
+    from mobidem.app import reembed_gallery
+
+    settings = config.load(args)
+    logs.setup(settings.log_level, settings.log_format)
+    added = asyncio.run(reembed_gallery(settings))
+    print(f"re-embedded {sum(1 for n in added.values() if n)} identities, {sum(added.values())} templates added")
+    return 0
+
+
 def _client(args):
     import os
 
@@ -322,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve gRPC (starts the managed Triton unless --triton-url is set)")
     config.add_arguments(s)
     s.set_defaults(func=_serve)
+
+    g = sub.add_parser("gallery", help="gallery maintenance").add_subparsers(dest="gallery_command", required=True)
+    gr = g.add_parser("reembed", help="make the templates a migration's new embedder lacks from the kept enrolment "
+                                      "photos (keep_enrolment_images); takes the serve settings")
+    config.add_arguments(gr)
+    gr.set_defaults(func=_gallery_reembed)
 
     def client_parser(name, help_text, func):
         p = sub.add_parser(name, help=help_text)

@@ -54,7 +54,17 @@ class Settings:
         5, "tracked streams: whole-image detection on every this many frames; in between each tracked face "
            "is looked for near where it is expected (1: whole-image detection on every frame)")
     operating_point: str = setting("far_1e-3", "default operating point of the calibration (far_1e-3 | far_1e-2)")
-    calibration: str = setting("", "calibration JSON (bench/accuracy.py writes it); empty: the one shipped")
+    calibration: str = setting("", "calibration JSON of the embedder (bench/accuracy.py writes it); empty: the one "
+                                   "shipped for it")
+    fallback_embedder: str = setting(
+        "", "a migration between embedders: the old embedder plugin (e.g. face_multitask). Enrolment stores templates "
+            "of both; Identify/Verify fall back to it for identities without a template of the primary one "
+            "(docs/PLUGINS.md, \"Embedders\"); empty: none")
+    fallback_calibration: str = setting("", "calibration JSON of fallback_embedder; empty: the one shipped for it")
+    keep_enrolment_images: bool = setting(
+        False, "keep every enrolment photo (PNG, encrypted with the template key when one is set, deleted with its "
+               "identity) so that `mobidem gallery reembed` can make templates of a new embedder; off: photos are "
+               "discarded once embedded (docs/SECURITY.md)")
     allow_uncalibrated_embedder: bool = setting(
         False, "start even when the served embedder differs from the one the calibration was computed for")
     max_message_bytes: int = setting(16 * 1024 * 1024, "largest request message (and encoded image), in bytes")

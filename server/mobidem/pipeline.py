@@ -52,6 +52,7 @@ class Match:
     operating_point: str = ""
     candidates: list[tuple[str, str, float]] = field(default_factory=list)  # (id, name, distance)
     stale_identities: int = 0
+    embedder: str = ""  # "model:version" of the embedder that decided ("": the primary one)
 
 
 class Matcher(Protocol):
@@ -64,6 +65,8 @@ class FaceResult:
     landmarks: np.ndarray  # [K, 2]
     score: float
     embedding: np.ndarray | None = None
+    # every embedder's embedding by Triton model name (embed_faces with several embedders: a migration)
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     expression: np.ndarray | None = None  # probabilities, in expression_labels order
     expression_labels: tuple[str, ...] = ()
     match: Match | None = None
@@ -305,14 +308,29 @@ class Pipeline:
                 else:
                     face.extensions[f"{plugin.name}.{name}"] = value
 
-    async def embed_faces(self, image: np.ndarray | Decoded) -> tuple[list[FaceResult], str]:
-        """Detect and embed every face of one image, largest first (for enrolment and verification)."""
+    async def embed_faces(self, image: np.ndarray | Decoded,
+                          embedders: Sequence[FacePlugin] | None = None) -> tuple[list[FaceResult], str]:
+        """Detect and embed every face of one image, largest first (for enrolment and verification).
+
+        ``embedders``: the embedder plugins to run on the same detections (default: the configured one);
+        each face's ``embeddings`` holds each one's embedding by model name, ``embedding`` the configured
+        one's (when it ran). Returns the faces and the configured embedder's "model:version"."""
         image = Decoded.of(image).pixels
         model = self.embedder_model
+        embedders = [self.embedder] if embedders is None else list(embedders)
         detections = sorted(await self.detect(image), key=lambda d: d.area, reverse=True)
         faces = [FaceResult(d.box, d.keypoints, float(d.score)) for d in detections]
         if faces:
-            await self._face_fields(image, detections, [self.embedder], faces)
+            chips = await self.run(_chips, image, detections)
+
+            async def embed(plugin: FacePlugin) -> None:
+                values = await plugin.process(image, detections, chips, self)
+                for face, fields_ in zip(faces, values):
+                    face.embeddings[plugin.models[0].name] = np.asarray(fields_["embedding"], np.float32)
+
+            await asyncio.gather(*(embed(p) for p in embedders))
+            for face in faces:
+                face.embedding = face.embeddings.get(model)
         return faces, f"{model}:{await self.triton.model_version(model)}"
 
     def close(self) -> None:

@@ -159,9 +159,13 @@ class PluginSet:
     # tracked streams: expression for the faces not embedded in a frame, when the configured
     # expression comes from the embedder (face_multitask); None: not needed or not configured
     track_expression: FacePlugin | None = None
+    # a migration between embedders: the old embedder, run for enrolment and for identities that have no
+    # template of the new one (mobidem.identity); never in streams. None: no migration
+    fallback_embedder: FacePlugin | None = None
 
     @classmethod
-    def from_config(cls, detector: str, face_plugins: Sequence[str], track_expression: str = "") -> "PluginSet":
+    def from_config(cls, detector: str, face_plugins: Sequence[str], track_expression: str = "",
+                    fallback_embedder: str = "") -> "PluginSet":
         det = load(detector)
         if not isinstance(det, DetectorPlugin):
             raise PluginError(f"plugin {detector!r} is a {det.kind} plugin; `detector` needs a detector plugin")
@@ -183,11 +187,23 @@ class PluginSet:
             if not isinstance(tracking, FacePlugin) or tuple(tracking.fields) != ("expression",):
                 raise PluginError(f"track_expression_plugin {track_expression!r} must be a face plugin that fills "
                                   "`expression` alone")
-        return cls(det, tuple(faces), tracking)
+        fallback = None
+        if fallback_embedder:
+            fallback = load(fallback_embedder)
+            primary = owner.get("embedding")
+            if not isinstance(fallback, FacePlugin) or "embedding" not in fallback.fields:
+                raise PluginError(f"fallback_embedder {fallback_embedder!r} must be a face plugin that fills `embedding`")
+            if primary is None:
+                raise PluginError("fallback_embedder is set but no face plugin fills `embedding`: a fallback needs a "
+                                  "primary embedder in face_plugins")
+            if fallback.models[0].name == load(primary).models[0].name:
+                raise PluginError(f"fallback_embedder {fallback_embedder!r} is the primary embedder's model; a fallback "
+                                  "is another embedder (the one being migrated from)")
+        return cls(det, tuple(faces), tracking, fallback)
 
     @property
     def plugins(self) -> tuple[Plugin, ...]:
-        extra = (self.track_expression,) if self.track_expression is not None else ()
+        extra = tuple(p for p in (self.track_expression, self.fallback_embedder) if p is not None)
         return (self.detector, *self.face, *extra)
 
     @property

@@ -29,7 +29,9 @@ def identity_pb(identity: Identity, current: str) -> pb.Identity:
         id=identity.id, display_name=identity.display_name, metadata=identity.metadata,
         created=_ts(identity.created_at), updated=_ts(identity.updated_at),
         template_count=identity.template_count,
-        reenrolment_needed=any(f"{v.model_name}:{v.model_version}" != current for v in identity.model_versions),
+        # no template of the server's (primary) embedder: it cannot be compared with it (a migration's
+        # fallback embedder may still verify it)
+        reenrolment_needed=not any(f"{v.model_name}:{v.model_version}" == current for v in identity.model_versions),
     )
 
 
@@ -139,7 +141,7 @@ class GalleryServicer(pb_grpc.GalleryServicer):
         images = await asyncio.to_thread(_digests, probe=request.probe)
         match, evidence = await self.identities.identify(probe, request.top_k or 5, request.operating_point,
                                                          _optional(request, "probe_face_index"), images, ref)
-        return pb.IdentifyResponse(match=convert.match_pb(match), embedder=self.identities.embedder,
+        return pb.IdentifyResponse(match=convert.match_pb(match), embedder=match.embedder or self.identities.embedder,
                                    request_id=request_id.get(),  # the audit record's request id
                                    evidence=evidence.jws, evidence_record_id=evidence.record_id)
 

@@ -159,7 +159,7 @@ class LivenessServicer(pb_grpc.LivenessServicer):
                     # against the nearest of the ceremony's embeddings so far: a turned face is compared
                     # with the views before it, while another person is far from all of them
                     if embeddings:
-                        distance = float(min(np.linalg.norm(face.embedding - e) for e in embeddings))
+                        distance = float(min(self.identities.distance(face.embedding, e) for e in embeddings))
                     embeddings.append(face.embedding)
                 happy = 0.0
                 if face.expression is not None and "happy" in face.expression_labels:
@@ -217,7 +217,7 @@ class LivenessServicer(pb_grpc.LivenessServicer):
         live = np.mean(np.stack(embeddings), 0).astype(np.float32)
         ids = self.identities
         if reference is not None:
-            distance = float(np.linalg.norm(live - reference))
+            distance = self.identities.distance(live, reference)  # the embedder's metric
         else:
             distance = ids.gallery.distance_to_identity(live, opts.identity_id, ids.model_name, ids.model_version)
             if distance is None:

@@ -8,13 +8,17 @@ its change log: gallery/postgres.py, gallery/follower.py); gallery/backends.py p
     gallery = Gallery.from_url("postgresql://mobidem@db/mobidem")
     res = gallery.enroll(None, "Ada", {"team": "x"}, [TemplateIn(emb, "dlib_resnet", "1")])
     hits = gallery.search(probe, k=5, model_name="dlib_resnet", model_version="1")
+
+Each embedder's templates are compared in its own metric (gallery/index.py): Euclidean unless
+``metrics`` names another for its model (``gallery.metrics["sface"] = "cosine"``, set by the server
+from the embedder's calibration) or the caller passes one.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -77,6 +81,7 @@ class Gallery:
         self.store = store
         self._write_lock = threading.Lock()  # orders store commit + index update across writers
         self._names: dict[str, str] = {}  # display names for search results, kept in step with writes
+        self.metrics: dict[str, str] = {}  # embedder model name -> its metric ("euclidean" when absent)
         self.follower = None
         if isinstance(store, ChangeFeed):
             from .follower import ChangeFollower
@@ -184,13 +189,31 @@ class Gallery:
         model_name: str = "",
         model_version: str = "",
         max_distance: float | None = None,
+        metric: str | None = None,
+        only: Collection[str] | None = None,
     ) -> SearchResult:
-        return self.index.search(embedding, k, model_name, model_version, max_distance)
+        """Top-k identities among the templates of that embedder version, in its metric (``metric``, else
+        ``metrics[model_name]``, else Euclidean); ``only``: among these identities alone."""
+        return self.index.search(embedding, k, model_name, model_version, max_distance,
+                                 metric or self.metrics.get(model_name, "euclidean"), only)
 
     def distance_to_identity(self, embedding: np.ndarray, identity_id: str, model_name: str,
-                             model_version: str) -> float | None:
-        """Distance to the identity's nearest template of that embedder (None: it has none)."""
-        return self.index.identity_distance(embedding, identity_id, model_name, model_version)
+                             model_version: str, metric: str | None = None) -> float | None:
+        """Distance to the identity's nearest template of that embedder (None: it has none), in its metric."""
+        return self.index.identity_distance(embedding, identity_id, model_name, model_version,
+                                            metric or self.metrics.get(model_name, "euclidean"))
+
+    # kept enrolment photos (keep_enrolment_images), for `mobidem gallery reembed`
+
+    def add_enrolment_images(self, identity_id: str, images: Sequence[tuple[bytes, int | None]]) -> int:
+        """Keep (encoded photo, face index) pairs for the identity, sealed like its templates."""
+        return self.store.add_enrolment_images(identity_id, images)
+
+    def enrolment_images(self, identity_id: str) -> list[tuple[bytes, int | None]]:
+        return self.store.enrolment_images(identity_id)
+
+    def identities_with_enrolment_images(self) -> list[str]:
+        return self.store.identities_with_enrolment_images()
 
     def get(self, identity_id: str) -> Identity | None:
         return self.store.get(identity_id)

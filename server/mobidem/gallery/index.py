@@ -3,8 +3,13 @@
 Templates are grouped in one segment per (model_name, model_version, dim); a probe is
 compared only with the segment of its own embedder version, never across versions.
 Each segment holds a float32 matrix plus precomputed squared norms, so a search is
-one matrix-vector product: d² = ||e||² - 2 e·q + ||q||² (clamped ≥ 0), then
-``argpartition`` for the candidates and an exact float64 distance for the winners.
+one matrix-vector product, then ``argpartition`` for the candidates and an exact
+float64 distance for the winners. The distance is the embedder's (``METRICS``):
+
+* ``euclidean`` (dlib's ResNet): ||e - q||, from d² = ||e||² - 2 e·q + ||q||²;
+* ``cosine`` (SFace): 1 - e·q / (||e|| ||q||), in [0, 2]; 0 is the same direction.
+
+The caller says which (the embedder's calibration file records it); smaller is always nearer.
 
 Concurrency: copy-on-write. Appends write rows past every published length (or into
 a fresh, larger buffer); deletes build new compacted arrays. A search takes a
@@ -15,7 +20,7 @@ each other and with writers.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import numpy as np
 
@@ -23,15 +28,34 @@ from .errors import InvalidArgument
 from .records import DEFAULT_DIM, Match, SearchResult, TemplateRecord
 
 MAX_K = 1000
+METRICS = ("euclidean", "cosine")
 
 
-def distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Euclidean distance between two embeddings (float64 arithmetic)."""
+def check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise InvalidArgument(f"unknown embedding metric {metric!r}; known: {', '.join(METRICS)}")
+    return metric
+
+
+def _distances(rows: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:
+    """Exact float64 distances of ``rows`` [n, dim] to ``q`` [dim]."""
+    rows = rows.astype(np.float64)
+    q = q.astype(np.float64)
+    if metric == "cosine":
+        norms = np.linalg.norm(rows, axis=1) * np.linalg.norm(q)
+        return 1.0 - (rows @ q) / np.maximum(norms, np.finfo(np.float64).tiny)
+    diff = rows - q
+    return np.sqrt(np.einsum("ij,ij->i", diff, diff))
+
+
+def distance(a: np.ndarray, b: np.ndarray, metric: str = "euclidean") -> float:
+    """The distance between two embeddings of one embedder (float64 arithmetic): Euclidean, or
+    ``1 - cosine similarity`` for ``metric="cosine"``."""
     a = np.asarray(a, dtype=np.float64).reshape(-1)
     b = np.asarray(b, dtype=np.float64).reshape(-1)
     if a.shape != b.shape:
         raise InvalidArgument(f"embedding dimension mismatch: {a.shape[0]} vs {b.shape[0]}")
-    return float(np.sqrt(np.sum((a - b) ** 2)))
+    return float(_distances(a[None], b, check_metric(metric))[0])
 
 
 class _Segment:
@@ -186,8 +210,9 @@ class GalleryIndex:
     # -- search
 
     def identity_distance(self, embedding: np.ndarray, identity_id: str, model_name: str,
-                          model_version: str) -> float | None:
-        """Euclidean distance to the identity's nearest template of (model_name, model_version)."""
+                          model_version: str, metric: str = "euclidean") -> float | None:
+        """Distance (``metric``) to the identity's nearest template of (model_name, model_version)."""
+        check_metric(metric)
         q = np.asarray(embedding, dtype=np.float64).reshape(-1)
         with self._lock:
             code = self._code_of.get(identity_id)
@@ -198,7 +223,7 @@ class GalleryIndex:
         rows = emb[:n][codes[:n] == code]
         if rows.shape[0] == 0:
             return None
-        return float(np.sqrt(((rows.astype(np.float64) - q) ** 2).sum(axis=1)).min())
+        return float(_distances(rows, q, metric).min())
 
     def _stale_for(self, key: tuple[str, str]) -> frozenset[str]:
         # Called with the lock held. Identities with templates, none of them of `key`.
@@ -220,13 +245,18 @@ class GalleryIndex:
         model_name: str = "",
         model_version: str = "",
         max_distance: float | None = None,
+        metric: str = "euclidean",
+        only: Collection[str] | None = None,
     ) -> SearchResult:
-        """Top-``k`` identities by the distance of their best template, nearest first.
+        """Top-``k`` identities by the distance (``metric``) of their best template, nearest first.
 
         Only templates of the probe's (model_name, model_version) are compared; the others
         are counted in ``skipped_templates`` and identities left with nothing comparable
         are listed in ``stale_identities``. ``max_distance`` drops matches farther than it.
+        ``only``: search just these identities (a migration's fallback embedder searches the
+        identities that have no template of the new one).
         """
+        check_metric(metric)
         q = np.asarray(embedding, dtype=np.float32).reshape(-1)
         if q.shape[0] != self.dim:
             raise InvalidArgument(f"embedding dimension mismatch: got {q.shape[0]}, index has {self.dim}")
@@ -242,14 +272,26 @@ class GalleryIndex:
             total = sum(s.n for s in self._segments.values())
             stale = self._stale_for(key)
             id_of = self._id_of  # append-only list: safe to read outside the lock
+            allowed = None if only is None else [self._code_of[i] for i in only if i in self._code_of]
         skipped = total - n
+        if allowed is not None and n:
+            rows = np.flatnonzero(np.isin(codes, np.asarray(allowed, np.int64)))
+            emb, sq, codes, tids, n = emb[rows], sq[rows], codes[rows], [tids[i] for i in rows.tolist()], len(rows)
         if n == 0:
             return SearchResult([], stale, skipped, 0)
 
-        d2 = emb @ q
-        d2 *= -2.0
-        d2 += sq
-        d2 += np.float32(q @ q)
+        if metric == "cosine":  # 1 - cos; the ranking key of a row is its distance
+            qn = float(np.sqrt(q @ q))
+            if qn == 0.0:
+                raise InvalidArgument("a zero embedding has no direction to compare by cosine")
+            d2 = emb @ q
+            d2 /= np.sqrt(np.maximum(sq, np.finfo(np.float32).tiny)) * np.float32(qn)
+            np.subtract(1.0, d2, out=d2)
+        else:
+            d2 = emb @ q
+            d2 *= -2.0
+            d2 += sq
+            d2 += np.float32(q @ q)
 
         # Exact top-k distinct identities: if the m smallest rows hold >= k distinct
         # identities, any identity outside them is no nearer than all of them.
@@ -266,8 +308,7 @@ class GalleryIndex:
         best_rows = cand[np.sort(first)][: 2 * k]
 
         # Exact distances for the winners (float64, no cancellation), then final order.
-        diff = emb[best_rows].astype(np.float64) - q.astype(np.float64)
-        dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        dist = _distances(emb[best_rows], q, metric)
         order = np.argsort(dist, kind="stable")[:k]
         matches = []
         for i in order.tolist():

@@ -14,7 +14,7 @@ A new backend is a new module plus one line in gallery/backends.py; nothing abov
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -68,10 +68,11 @@ class SearchIndex(Protocol):
     def remove_identity(self, identity_id: str) -> int: ...
 
     def search(self, embedding: np.ndarray, k: int = 1, model_name: str = "", model_version: str = "",
-               max_distance: float | None = None) -> SearchResult: ...
+               max_distance: float | None = None, metric: str = "euclidean",
+               only: Collection[str] | None = None) -> SearchResult: ...
 
     def identity_distance(self, embedding: np.ndarray, identity_id: str, model_name: str,
-                          model_version: str) -> float | None: ...
+                          model_version: str, metric: str = "euclidean") -> float | None: ...
 
     def identity_count(self) -> int: ...
 

@@ -87,6 +87,19 @@ MIGRATIONS: tuple[str, ...] = (
         at           DOUBLE PRECISION NOT NULL
     );
     """,
+    # 2: enrolment photos kept for re-embedding (keep_enrolment_images), as SQLite's migration 4
+    """
+    CREATE TABLE enrolment_images (
+        id          TEXT COLLATE "C" PRIMARY KEY,
+        identity_id TEXT COLLATE "C" NOT NULL REFERENCES identities (id) ON DELETE CASCADE,
+        data        BYTEA NOT NULL,
+        sealing     BYTEA,
+        face_index  INTEGER,
+        created_at  DOUBLE PRECISION NOT NULL,
+        pos         BIGINT GENERATED ALWAYS AS IDENTITY
+    );
+    CREATE INDEX enrolment_images_identity ON enrolment_images (identity_id);
+    """,
 )
 
 
@@ -206,6 +219,11 @@ class PostgresGallery:
                     with c.cursor() as cur:
                         cur.executemany("UPDATE templates SET embedding = %s, sealing = %s WHERE id = %s",
                                         [(*self._cipher.seal(bytes(b), tid, iid), tid) for tid, iid, b in plain])
+                photos = c.execute("SELECT id, identity_id, data FROM enrolment_images WHERE sealing IS NULL").fetchall()
+                if photos:
+                    with c.cursor() as cur:
+                        cur.executemany("UPDATE enrolment_images SET data = %s, sealing = %s WHERE id = %s",
+                                        [(*self._cipher.seal(bytes(b), pid, iid), pid) for pid, iid, b in photos])
 
     def _seal(self, blob: bytes, template_id: str, identity_id: str) -> tuple[bytes, bytes | None]:
         return (blob, None) if self._cipher is None else self._cipher.seal(blob, template_id, identity_id)
@@ -351,6 +369,33 @@ class PostgresGallery:
                 raise NotFound(f"identity {identity_id!r} not found")
             self._log_change(c, "delete", identity_id, None, [], self._clock())
             return n
+
+    # -- enrolment photos (keep_enrolment_images; mobidem gallery reembed), as SqliteGallery
+
+    def add_enrolment_images(self, identity_id: str, images: Sequence[tuple[bytes, int | None]]) -> int:
+        now = self._clock()
+        rows = []
+        for data, face_index in images:
+            pid = uuid.uuid4().hex
+            blob, sealing = self._seal(bytes(data), pid, identity_id)
+            rows.append((pid, identity_id, blob, sealing, face_index, now))
+        try:
+            with self._conn(writing=True) as c, c.transaction(), c.cursor() as cur:
+                cur.executemany("INSERT INTO enrolment_images (id, identity_id, data, sealing, face_index, created_at)"
+                                " VALUES (%s, %s, %s, %s, %s, %s)", rows)
+        except self._psycopg.errors.ForeignKeyViolation:
+            raise NotFound(f"identity {identity_id!r} not found") from None
+        return len(rows)
+
+    def enrolment_images(self, identity_id: str) -> list[tuple[bytes, int | None]]:
+        with self._conn() as c:
+            rows = c.execute("SELECT id, data, sealing, face_index FROM enrolment_images WHERE identity_id = %s"
+                             " ORDER BY pos", (identity_id,)).fetchall()
+        return [(self._unseal(d, s, pid, identity_id) if s is not None else bytes(d), f) for pid, d, s, f in rows]
+
+    def identities_with_enrolment_images(self) -> list[str]:
+        with self._conn() as c:
+            return [r[0] for r in c.execute("SELECT DISTINCT identity_id FROM enrolment_images ORDER BY identity_id")]
 
     def count(self) -> int:
         with self._conn() as c:

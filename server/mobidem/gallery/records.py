@@ -67,7 +67,7 @@ class EnrollResult:
 @dataclass(frozen=True)
 class Match:
     identity_id: str
-    distance: float  # Euclidean, best template of the identity
+    distance: float  # in the embedder's metric (gallery/index.py), best template of the identity
     template_id: str
 
 

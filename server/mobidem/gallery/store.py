@@ -89,6 +89,20 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE idempotency_v3 RENAME TO idempotency;
     CREATE INDEX idempotency_created ON idempotency (created_at);
     """,
+    # 4: enrolment photos, kept only when the operator opts in (keep_enrolment_images) so that templates of
+    # a new embedder can be made from them (`mobidem gallery reembed`). PNG bytes, sealed like templates when
+    # a template key is set (sealing NULL: plaintext); deleted with their identity (cascade, secure_delete).
+    """
+    CREATE TABLE enrolment_images (
+        id          TEXT PRIMARY KEY,
+        identity_id TEXT NOT NULL REFERENCES identities (id) ON DELETE CASCADE,
+        data        BLOB NOT NULL,
+        sealing     BLOB,
+        face_index  INTEGER,                       -- the face the enrolment took (counted from the largest)
+        created_at  REAL NOT NULL
+    );
+    CREATE INDEX enrolment_images_identity ON enrolment_images (identity_id);
+    """,
 )
 
 # Created only when store_images=True (kept out of MIGRATIONS so that galleries
@@ -403,12 +417,15 @@ class SqliteGallery:
         if sealed is not None:
             self._unseal(sealed[2], sealed[3], sealed[0], sealed[1])
         plain = c.execute("SELECT id, identity_id, embedding FROM templates WHERE sealing IS NULL").fetchall()
-        if not plain:
+        photos = c.execute("SELECT id, identity_id, data FROM enrolment_images WHERE sealing IS NULL").fetchall()
+        if not plain and not photos:
             return
         c.execute("BEGIN IMMEDIATE")
         try:
             c.executemany("UPDATE templates SET embedding = ?, sealing = ? WHERE id = ?",
                           [(*self._cipher.seal(blob, tid, iid), tid) for tid, iid, blob in plain])
+            c.executemany("UPDATE enrolment_images SET data = ?, sealing = ? WHERE id = ?",
+                          [(*self._cipher.seal(blob, pid, iid), pid) for pid, iid, blob in photos])
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -658,6 +675,48 @@ class SqliteGallery:
                     blob = self._unseal(blob, sealing, tid, iid)
                 yield TemplateRecord(tid, iid, np.frombuffer(blob, dtype="<f4", count=dim), name, version, q, ts)
             last = rows[-1][0]
+
+    # -- enrolment photos (keep_enrolment_images; mobidem gallery reembed)
+
+    def add_enrolment_images(self, identity_id: str, images: Sequence[tuple[bytes, int | None]]) -> int:
+        """Keep an identity's enrolment photos: (encoded image, face index) each, sealed with the template key
+        when one is set. NotFound when the identity is gone. Returns how many were stored."""
+        with self._lock:
+            self._check_open()
+            c = self._conn
+            now = self._clock()
+            rows = []
+            for data, face_index in images:
+                pid = uuid.uuid4().hex
+                blob, sealing = self._seal(bytes(data), pid, identity_id)
+                rows.append((pid, identity_id, blob, sealing, face_index, now))
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.executemany("INSERT INTO enrolment_images (id, identity_id, data, sealing, face_index, created_at)"
+                              " VALUES (?, ?, ?, ?, ?, ?)", rows)
+                c.execute("COMMIT")
+            except sqlite3.IntegrityError as e:
+                c.execute("ROLLBACK")
+                raise NotFound(f"identity {identity_id!r} not found") from e
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+            return len(rows)
+
+    def enrolment_images(self, identity_id: str) -> list[tuple[bytes, int | None]]:
+        """An identity's kept enrolment photos, oldest first: (encoded image, face index)."""
+        with self._lock:
+            self._check_open()
+            rows = self._conn.execute("SELECT id, data, sealing, face_index FROM enrolment_images WHERE identity_id = ?"
+                                      " ORDER BY created_at, rowid", (identity_id,)).fetchall()
+        return [(self._unseal(d, s, pid, identity_id) if s is not None else bytes(d), f) for pid, d, s, f in rows]
+
+    def identities_with_enrolment_images(self) -> list[str]:
+        with self._lock:
+            self._check_open()
+            return [r[0] for r in self._conn.execute(
+                "SELECT DISTINCT identity_id FROM enrolment_images ORDER BY identity_id")]
 
     def add_image(self, template_id: str, data: bytes, mime_type: str = "image/jpeg") -> str:
         """Store the source image of a template (only when opened with ``store_images=True``)."""

@@ -172,7 +172,9 @@ class StreamTracks:
         mean = track.identity_embedding()
         if mean is not None and self.matcher is not None:
             threshold = self.matcher.match(mean.astype(np.float32), 1).threshold
-            if float(np.linalg.norm(embedding - mean)) > threshold:
+            measure = getattr(self.matcher, "distance", None)  # the embedder's metric (Euclidean without one)
+            apart = measure(embedding, mean) if measure is not None else float(np.linalg.norm(embedding - mean))
+            if apart > threshold:
                 # another person in this track's box: a new track, its identity from this embedding alone
                 track.id = self._new_id()
                 track.embeddings = []
