@@ -28,6 +28,7 @@ POLICY = {
     "/mobidem.v1.Gallery/GetEvidenceKeys": "*",
     "/mobidem.v1.Liveness/Ceremony": "liveness",
     "/mobidem.v1.Ceremonies/CreateCeremony": "ceremony",
+    "/mobidem.v1.Ceremonies/GetCeremony": "ceremony",
 }
 ALL_ROLES = ("stream", "analyze", "verify", "liveness", "ceremony", "admin")
 HEALTH = "/grpc.health.v1.Health/Check"
