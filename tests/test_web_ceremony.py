@@ -389,3 +389,12 @@ def test_create_ceremony_checks_its_request(server, keys, start_mesh_server):
     first = start(plain, None)
     assert first["type"] == "prompt" and first["count"] == 3, first
     plain.stop()
+
+
+def test_without_the_face_mesh_plugin_the_page_is_told_why(start_server):
+    """A server without face_mesh (the session's plain one) cannot run ceremonies: the socket says so
+    (FAILED_PRECONDITION naming the plugin), which the page shows as "This check cannot be run"."""
+    plain = start_server(web_listen="127.0.0.1:0")
+    error = start(plain, None)
+    assert error["type"] == "error" and error["code"] == "FAILED_PRECONDITION", error
+    assert "face_mesh" in error["message"] and error["close"] == 1008
