@@ -7,7 +7,7 @@
 import { fetchConfig, openCamera, setStatus, socketUrl, Unreachable } from "./common.js";
 
 const FPS = 12;
-const MAX_UNANSWERED = 36;  // 3 s of frames
+const MAX_UNANSWERED = 96;  // 8 s of frames (a loaded server catches up; capture times stay true)
 const MAX_SIDE = 640;
 const JPEG_QUALITY = 0.85;
 
