@@ -315,9 +315,13 @@ def run_error_page(driver, url: str) -> dict:
             "camera": driver.execute_script("return !!document.getElementById('preview').srcObject")}
 
 
-def test_forged_and_missing_tokens_get_the_error_page(server, browser, tmp_path):
+def test_forged_expired_and_missing_tokens_get_the_error_page(server, keys, browser, tmp_path):
+    expiring = link(server, keys, ttl_s=1).url
     driver = browser("--use-fake-ui-for-media-stream")
     base = server.server.web.url.rstrip("/") + "/ceremony"
+    time.sleep(1.2)
+    expired = run_error_page(driver, expiring)
+    assert expired["heading"] == "This link cannot be used" and "has expired" in expired["message"], expired
     forged = run_error_page(driver, base + "#token=mbc_" + "x" * 43)
     screenshot(driver, tmp_path, "forged")
     assert forged["heading"] == "This link cannot be used" and "never issued" in forged["message"], forged
