@@ -29,10 +29,11 @@ def _triton(args) -> int:
     from mobidem.modelbuild import default_repository
 
     triton = ManagedTriton(Path(args.repository or default_repository()), Path(args.workdir),
-                           grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port)
-    triton.start()
-    print(f"Triton ready: gRPC {triton.grpc_url}, HTTP 127.0.0.1:{triton.http_port}, "
-          f"metrics 127.0.0.1:{triton.metrics_port}; Ctrl-C stops it", flush=True)
+                           grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
+                           address=args.listen)
+    triton.start(args.start_timeout)
+    print(f"Triton ready: gRPC {args.listen}:{triton.grpc_port}, HTTP {args.listen}:{triton.http_port}, "
+          f"metrics {args.listen}:{triton.metrics_port}; Ctrl-C stops it", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         while triton.running:
@@ -328,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grpc-port", type=int, default=8001)
     t.add_argument("--http-port", type=int, default=8000)
     t.add_argument("--metrics-port", type=int, default=8002)
+    t.add_argument("--listen", default="127.0.0.1", help="address Triton listens on (0.0.0.0: other machines, "
+                                                         "as in a Kubernetes pod; deploy/k8s)")
+    t.add_argument("--start-timeout", type=float, default=300.0, help="seconds to have every model ready")
     t.set_defaults(func=_triton)
 
     s = sub.add_parser("serve", help="serve gRPC (starts the managed Triton unless --triton-url is set)")

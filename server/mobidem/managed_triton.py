@@ -137,6 +137,9 @@ class ManagedTriton:
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str = ""  # the CA that signed tls_cert (what wait_ready trusts)
+    # where Triton listens; `mobidem triton --listen 0.0.0.0` serves other machines (a Kubernetes pod),
+    # and must not be locked then (the gateways there know no secret)
+    address: str = "127.0.0.1"
     process: subprocess.Popen | None = field(default=None, init=False)
     _group: int | None = field(default=None, init=False)  # process group of the last start (Triton + stubs)
 
@@ -172,11 +175,11 @@ class ManagedTriton:
             str(install.binary),
             *(f"--model-repository={r}" for r in self.repositories),
             f"--backend-directory={backends}",
-            "--grpc-address=127.0.0.1",
+            f"--grpc-address={self.address}",
             f"--grpc-port={self.grpc_port}",
-            "--http-address=127.0.0.1",
+            f"--http-address={self.address}",
             f"--http-port={self.http_port}",
-            "--metrics-address=127.0.0.1",
+            f"--metrics-address={self.address}",
             f"--metrics-port={self.metrics_port}",
             "--allow-cpu-metrics=true",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
