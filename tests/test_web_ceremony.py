@@ -263,6 +263,7 @@ def test_genuine_ceremony_passes_in_the_browser_and_its_link_then_is_spent(serve
     record = claims(server, seen["evidence_id"])  # the id the page shows is the signed record's
     assert record["jti"] == seen["evidence_id"] and record["kind"] == "liveness" and record["decision"] == "pass"
     assert record["transaction_ref"] == "sha256:contract-42"  # fixed by the partner, not by the page
+    assert record["caller_key"] == "partner"  # the key that created the link, not the phone
     assert record["liveness"]["ceremony_id"] == seen["ceremony_id"]
     assert record["liveness"]["test_seed"] == seed_for(ORDER)
     # the partner's backend learns the same outcome, with the signed evidence itself

@@ -86,7 +86,9 @@ class LivenessServicer(pb_grpc.LivenessServicer):
                                      "a real ceremony's challenges are drawn by the server")
         point = self.identities.point(opts.operating_point)  # INVALID_ARGUMENT on an unknown name
         transaction_ref = convert.transaction_ref(opts)
-        client = _without_port(self.client_name(context))  # a reconnection is the same client
+        # who the failure limits count (a reconnection is the same client); a web ceremony names the phone
+        limit_client = getattr(context, "limit_client", None)
+        client = _without_port(limit_client() if limit_client is not None else self.client_name(context))
         keys = [f"client:{client}"]
         which = opts.WhichOneof("reference")
         reference = None

@@ -43,13 +43,18 @@ HEADER = struct.Struct(">d")  # capture time, ms since the epoch
 
 
 class _Context:
-    """What LivenessServicer.Ceremony asks of its gRPC context: the peer, in gRPC's form (its failure
-    limits then count the phone's address, without the port, as for a gRPC client without a key)."""
+    """What LivenessServicer.Ceremony asks of its gRPC context: the peer, in gRPC's form. The caller
+    (``mobidem.logs.caller``) is the partner's key that created the link, so the audit record and the
+    evidence name it; the failure limits count the phone (``limit_client``: its address, as for a
+    gRPC client without a key), so one phone's failures cannot lock out the partner's other users."""
 
     def __init__(self, peer: str):
         self._peer = peer
 
     def peer(self) -> str:
+        return self._peer
+
+    def limit_client(self) -> str:
         return self._peer
 
 
@@ -95,10 +100,12 @@ class CeremonyBridge:
         self.idle_timeout_s = idle_timeout_s
 
     def options(self, token: str) -> pb.LivenessOptions | None:
-        """The ceremony's options: the token's grant (spent here), or None in development without a token."""
+        """The ceremony's options: the token's grant (spent here), or None in development without a token.
+        The grant's creator (the partner's key) becomes the call's caller."""
         if not token and not self.key_required:
             return None
         grant = self.tokens.take(token)  # Unauthenticated: unknown, spent or expired
+        logs.caller.set(grant.creator)
         options = pb.LivenessOptions(transaction_ref=grant.transaction_ref, operating_point=grant.operating_point)
         if grant.identity_id:
             options.identity_id = grant.identity_id
