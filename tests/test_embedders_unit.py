@@ -166,3 +166,33 @@ def test_kept_photos_are_sealed_returned_and_deleted_with_their_identity(store_a
     with pytest.raises(TemplateKeyError):  # without the key, sealed rows are refused (templates are checked first)
         open_()
 
+
+
+def test_a_tracks_split_uses_the_embedders_metric():
+    """A tracked face is split from its track when a fresh embedding is farther than the threshold from the
+    track's mean, in the embedder's metric (the matcher's ``distance``): for a cosine embedder, a longer vector
+    in the same direction is the same person although it is far in Euclidean distance."""
+    from mobidem.tracking import StreamTracks, TrackingConfig
+
+    class CosineMatcher:
+        threshold = 0.3
+
+        def match(self, embedding, top_k):
+            return type("M", (), {"threshold": self.threshold, "known": False})()
+
+        def distance(self, a, b):
+            return distance(a, b, "cosine")
+
+    tracks = StreamTracks(TrackingConfig(embed_every_frames=1), CosineMatcher())
+
+    def frame(t, e):
+        plans = tracks.assign(np.array([[100, 100, 200, 200]], np.float32), [0.5], t)
+        face = type("F", (), {"embedding": np.asarray(e, np.float32), "expression": None, "match": None,
+                              "track_id": 0, "fresh_embedding": False, "quality": None, "track_embeddings": 0,
+                              "smoothed_expression": None})()
+        tracks.conclude(plans, [face])
+        return face.track_id
+
+    first = frame(0.0, _vec(1, 0))
+    assert frame(0.1, _vec(5, 0.5)) == first  # Euclidean 4.0 away, cosine distance 0.005: the same person
+    assert frame(0.2, _vec(0, 1)) != first  # cosine distance ~0.9: another person
