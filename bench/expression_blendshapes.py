@@ -22,14 +22,17 @@ face counts as wrong.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 from scipy.optimize import minimize
 from scipy.special import log_softmax
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from plugin_support import LocalContext  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FACES = ROOT.parent / "shared" / "data" / "faces"
@@ -37,20 +40,6 @@ LAMBDAS = (0.01, 0.1, 1.0, 10.0)  # L2 strength per sample on standardised featu
 INNER_FOLDS = 5
 
 
-class LocalContext:
-    """The plugin Context on ONNX Runtime sessions of the built models."""
-
-    def __init__(self, *repositories: Path):
-        self.repositories, self.sessions = repositories, {}
-
-    async def infer(self, model, inputs, outputs):
-        if model not in self.sessions:
-            path = next(r / model / "1" / "model.onnx" for r in self.repositories if (r / model).is_dir())
-            self.sessions[model] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return dict(zip(outputs, self.sessions[model].run(list(outputs), inputs)))
-
-    async def run(self, fn, *args):
-        return fn(*args)
 
 
 def fit(x: np.ndarray, y: np.ndarray, k: int, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -18,12 +18,15 @@ prints three measurements:
 from __future__ import annotations
 
 import asyncio
+import sys
 import csv
 from pathlib import Path
 
 import cv2
 import numpy as np
-import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from plugin_support import LocalContext, rgb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FACES = ROOT.parent / "shared" / "data" / "faces"
@@ -41,26 +44,6 @@ TURNS = [  # (video, frames, label), 0-based decode frames inside the MANIFEST.t
 PHOTO_TURNS = (-50, -30, 30, 50)
 
 
-class LocalContext:
-    """The plugin Context on ONNX Runtime sessions of the built models."""
-
-    def __init__(self, *repositories: Path):
-        self.repositories, self.sessions = repositories, {}
-
-    async def infer(self, model, inputs, outputs):
-        if model not in self.sessions:
-            path = next(r / model / "1" / "model.onnx" for r in self.repositories if (r / model).is_dir())
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = 1
-            self.sessions[model] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return dict(zip(outputs, self.sessions[model].run(list(outputs), inputs)))
-
-    async def run(self, fn, *args):
-        return fn(*args)
-
-
-def rgb(path: Path) -> np.ndarray:
-    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def roc_auc(scores, positive) -> float:
@@ -86,7 +69,7 @@ def main() -> None:
     from mobidem.liveness.headpose import affine_pose
 
     detector, mesh, landmarker = (plugins.load(n) for n in ("blazeface", "face_mesh", "face_landmarker"))
-    ctx = LocalContext(ROOT / "model_repository", mesh.repository, landmarker.repository)
+    ctx = LocalContext(ROOT / "model_repository", mesh.repository, landmarker.repository, threads=1)
 
     def analyse(image):
         async def go():

@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import importlib
-import importlib.metadata as md
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import REPO, need, person_photos
+from plugin_support import LocalContext, installed_plugin, rgb
 
 cv2 = pytest.importorskip("cv2")
 ort = pytest.importorskip("onnxruntime")
@@ -69,55 +66,10 @@ TURN_DEG = 10.0  # a labelled turn: |median angle| at least this, with the label
 FRONTAL_DEG = 8.0  # a labelled frontal segment: |median yaw| at most this
 
 
-def _entry_point_installed() -> bool:
-    return any(ep.name == "face_landmarker" for ep in md.entry_points(group="mobidem.plugins"))
-
-
 @pytest.fixture(scope="module")
 def landmarker():
     """The face_landmarker plugin, installed (by the Makefile, or here) and its models built."""
-    if not _entry_point_installed():
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-                               "-e", str(PLUGIN_DIR)], capture_output=True, text=True)
-        importlib.invalidate_caches()
-        if proc.returncode != 0 or not _entry_point_installed():
-            need(False, f"the mobidem-landmarker plugin package cannot be installed: {proc.stderr[-2000:]}")
-        if str(PLUGIN_DIR) not in sys.path:  # an editable install's path hook is read at interpreter start
-            sys.path.insert(0, str(PLUGIN_DIR))
-    from mobidem import modelbuild, plugins
-
-    plugin = plugins.load("face_landmarker")
-    try:
-        modelbuild.build(REPO / "model_repository", plugins=["face_landmarker"], echo=lambda _: None)
-    except modelbuild.BuildError as exc:
-        need(False, f"the face_landmarker models cannot be built here: {exc}")
-    return plugin
-
-
-class LocalContext:
-    """The plugin Context on ONNX Runtime sessions of the built models (no Triton): to make parity inputs."""
-
-    def __init__(self, *repositories: Path):
-        self.repositories = repositories
-        self.sessions: dict[str, ort.InferenceSession] = {}
-
-    def session(self, model: str) -> ort.InferenceSession:
-        if model not in self.sessions:
-            path = next(r / model / "1" / "model.onnx" for r in self.repositories if (r / model).is_dir())
-            self.sessions[model] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return self.sessions[model]
-
-    async def infer(self, model, inputs, outputs):
-        return dict(zip(outputs, self.session(model).run(list(outputs), inputs)))
-
-    async def run(self, fn, *args):
-        return fn(*args)
-
-
-def rgb(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    assert bgr is not None, f"unreadable image {path}"
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return installed_plugin("face_landmarker", PLUGIN_DIR)
 
 
 def video_frames(path: Path, wanted: set[int]) -> dict[int, np.ndarray]:
@@ -308,9 +260,10 @@ def test_head_pose_recovers_a_known_rotation_of_the_canonical_face(landmarker):
 @pytest.fixture(scope="module")
 def landmarker_triton(landmarker, model_repository, tmp_path_factory):
     """A managed Triton with the main repository and the plugin's, loading only what the server below uses."""
+    from mobidem import plugins
     from mobidem.managed_triton import ManagedTriton
 
-    mesh = importlib.import_module("mobidem.plugins").load("face_mesh")
+    mesh = plugins.load("face_mesh")
     models = ["blazeface_short", "blazeface_full", *(m.name for m in mesh.models), *(m.name for m in landmarker.models)]
     server = ManagedTriton([model_repository, mesh.repository, landmarker.repository],
                            tmp_path_factory.mktemp("landmarker-triton"), models=models)

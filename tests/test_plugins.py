@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import importlib.metadata as md
 import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import IN_CI, REPO, need, person_photos, start_failure
+from conftest import REPO, need, person_photos, start_failure
+from plugin_support import LocalContext, installed_plugin, rgb
 
 cv2 = pytest.importorskip("cv2")
 ort = pytest.importorskip("onnxruntime")
@@ -47,56 +45,10 @@ MIN_MEAN_GAP = 0.12
 MIN_FOUND = 0.95  # of the blink images with a face
 
 
-def _entry_point_installed() -> bool:
-    return any(ep.name == "face_mesh" for ep in md.entry_points(group="mobidem.plugins"))
-
-
 @pytest.fixture(scope="module")
 def facemesh():
     """The face_mesh plugin, installed (by the Makefile, or here) and its models built."""
-    if not _entry_point_installed():
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-                               "-e", str(PLUGIN_DIR)], capture_output=True, text=True)
-        importlib.invalidate_caches()
-        if proc.returncode != 0 or not _entry_point_installed():
-            need(False, f"the mobidem-facemesh plugin package cannot be installed: {proc.stderr[-2000:]}")
-        if str(PLUGIN_DIR) not in sys.path:  # an editable install's path hook is read at interpreter start
-            sys.path.insert(0, str(PLUGIN_DIR))
-    from mobidem import modelbuild, plugins
-
-    plugin = plugins.load("face_mesh")
-    try:
-        modelbuild.build(REPO / "model_repository", plugins=["face_mesh"], echo=lambda _: None)
-    except modelbuild.BuildError as exc:
-        need(False, f"the face_mesh models cannot be built here: {exc}")
-    return plugin
-
-
-# ------------------------------------------------------------------ local ORT context
-class LocalContext:
-    """The plugin Context on ONNX Runtime sessions of the built models (no Triton): for parity inputs."""
-
-    def __init__(self, *repositories: Path):
-        self.repositories = repositories
-        self.sessions: dict[str, ort.InferenceSession] = {}
-
-    def session(self, model: str) -> ort.InferenceSession:
-        if model not in self.sessions:
-            path = next(r / model / "1" / "model.onnx" for r in self.repositories if (r / model).is_dir())
-            self.sessions[model] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return self.sessions[model]
-
-    async def infer(self, model, inputs, outputs):
-        return dict(zip(outputs, self.session(model).run(list(outputs), inputs)))
-
-    async def run(self, fn, *args):
-        return fn(*args)
-
-
-def rgb(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    assert bgr is not None, f"unreadable image {path}"
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return installed_plugin("face_mesh", PLUGIN_DIR)
 
 
 def blink_rows(faces: Path) -> list[dict]:
