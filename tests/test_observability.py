@@ -103,7 +103,8 @@ def test_grpc_errors_and_decisions_are_counted(faces, server):
 def test_no_label_per_stream_or_identity(server):
     names = {labels for (_, labels) in scrape(server.server.metrics_port)}
     keys = {k for labels in names for k, _ in labels}
-    assert keys <= {"stage", "model", "reason", "code", "method", "kind", "outcome", "le"}, keys
+    # replica: one value per configured Triton URL (a bounded set, like model)
+    assert keys <= {"stage", "model", "reason", "code", "method", "kind", "outcome", "le", "replica"}, keys
 
 
 def test_alert_rules_pass_promtool():
