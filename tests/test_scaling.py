@@ -411,3 +411,21 @@ def test_postgres_three_gateways_two_tritons_with_kills(postgres, triton, second
             proc.wait(10)
         if not second_triton.running:
             second_triton.start(timeout=120)
+
+
+def test_the_managed_tritons_secrets_stay_out_of_the_log(model_repository, tmp_path, caplog):
+    """The locked Triton's command line carries its secrets; the log line that shows it does not."""
+    import logging
+
+    from mobidem.managed_triton import ManagedTriton
+
+    server = ManagedTriton(model_repository, tmp_path, models=["blazeface_short"], locked=True)
+    with caplog.at_level(logging.INFO, logger="mobidem.managed_triton"):
+        server.start(timeout=120)
+    try:
+        line = next(r.getMessage() for r in caplog.records if "starting tritonserver" in r.getMessage())
+        secret = server.auth_headers["triton-grpc-protocol-mobidem-triton-key"]
+        assert secret not in line and line.count("=<redacted>") == 2, line
+        assert "--grpc-restricted-protocol=model-repository:mobidem-model-control=<redacted>" in line
+    finally:
+        server.stop()

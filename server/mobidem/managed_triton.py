@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -210,7 +211,9 @@ class ManagedTriton:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(install.libs), env.get("LD_LIBRARY_PATH", "")]))
         env[SITE_PACKAGES_ENV] = os.pathsep.join(self.python_path or site_packages())
         cmd = self.command(install)
-        log.info("starting tritonserver: %s", " ".join(cmd))
+        # the restricted protocols' secrets stay out of the log (whoever reads it could load models or infer)
+        log.info("starting tritonserver: %s", re.sub(r"(mobidem-model-control|" + SECRET_HEADER + r")=\S+",
+                                                    r"\1=<redacted>", " ".join(cmd)))
         # util-linux's setpriv sets PR_SET_PDEATHSIG and execs Triton, so no Python runs in the forked child
         # (with preexec_fn it does, and an abseil mutex another thread held at the fork aborted the child
         # when a gateway under load restarted a Triton); without setpriv, the preexec_fn
