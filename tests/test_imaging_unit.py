@@ -183,3 +183,68 @@ def test_each_side_and_the_pixel_count_are_checked_from_the_header():
             decode_encoded(_jpeg_bomb(w, h), limits)
     with pytest.raises(ResourceExhausted, match="pixels"):
         decode_encoded(_jpeg_bomb(900, 900), limits)
+
+
+# ------------------------------------------------------------------ the header reader (found by `make mutants`)
+
+from mobidem.imaging import _encoded_size, heif_size  # noqa: E402
+
+# ITU-T T.81 Table B.1: the start-of-frame markers SOF0-SOF15 (all carry the frame's size), which are
+# every marker C0-CF except DHT (C4), JPG (C8) and DAC (CC)
+SOF_MARKERS = [0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF]
+APP0 = b"\xff\xe0" + (16).to_bytes(2, "big") + b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+
+
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def _sof(marker: int, width: int, height: int) -> bytes:  # precision, height, width, 3 components
+    return _segment(marker, bytes([8]) + height.to_bytes(2, "big") + width.to_bytes(2, "big") + bytes([3]) + bytes(9))
+
+
+@pytest.mark.parametrize("marker", SOF_MARKERS, ids=[f"{m:02X}" for m in SOF_MARKERS])
+def test_every_start_of_frame_marker_gives_the_size(marker):
+    data = b"\xff\xd8" + APP0 + _sof(marker, 300, 200) + bytes(32)
+    assert _encoded_size(data) == (300, 200)
+
+
+def test_segments_that_are_not_a_frame_header_are_skipped():
+    # DHT, JPG and DAC (C4, C8, CC) sit in the C0-CF range but hold no size: bytes that would read as a
+    # 65535x65535 frame must be skipped; so must a second segment after the first (lengths add up)
+    lookalike = bytes([8, 0xFF, 0xFF, 0xFF, 0xFF, 3]) + bytes(9)
+    data = (b"\xff\xd8" + APP0 + _segment(0xC4, lookalike) + _segment(0xC8, lookalike) + _segment(0xCC, lookalike)
+            + _segment(0xDB, bytes(65)) + _sof(0xC0, 640, 480) + bytes(32))
+    assert _encoded_size(data) == (640, 480)
+
+
+@pytest.mark.parametrize("between", [
+    b"\xff",                                          # one fill byte before a marker (T.81 B.1.1.2)
+    b"\xff\xff\xff",                                  # several
+    b"\xff\x01",                                      # TEM, a marker without a length
+    b"\xff\xd0\xff\xd7",                              # RST0 and RST7, markers without a length
+    b"\xff\xd8",                                      # a second SOI
+    b"\x00\x12",                                      # stray bytes between segments
+])
+def test_markers_without_a_length_fill_bytes_and_stray_bytes_are_stepped_over(between):
+    data = b"\xff\xd8" + between + APP0 + between + _sof(0xC2, 1234, 56) + bytes(32)
+    assert _encoded_size(data) == (1234, 56)
+
+
+@pytest.mark.parametrize("params", [[], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]], ids=["baseline", "progressive"])
+def test_real_jpegs_and_pngs_report_their_own_width_and_height(params):
+    image = np.zeros((45, 123, 3), np.uint8)
+    assert _encoded_size(cv2.imencode(".jpg", image, params)[1].tobytes()) == (123, 45)
+    png = cv2.imencode(".png", image)[1].tobytes()
+    assert _encoded_size(png) == (123, 45)
+    assert _encoded_size(png[:24]) == (123, 45)  # the signature and IHDR's size are all it reads
+    assert _encoded_size(png[:23]) is None
+    assert _encoded_size(b"\xff\xd8" + APP0) is None  # no frame header at all
+    big = np.zeros((300, 70000 // 256, 3), np.uint8)
+    assert _encoded_size(cv2.imencode(".png", big)[1].tobytes()) == (273, 300)
+
+
+def test_heif_size_is_the_primary_images_width_and_height():
+    data = _encode("HEIF", np.zeros((64, 128, 3), np.uint8))
+    assert heif_size(data) == (128, 64)
+    assert heif_size(_heif_bomb(40000, 30000)) == (40000, 30000)
