@@ -132,12 +132,29 @@ class Load:
         assert not any(t.is_alive() for t in self.threads), "a stream or the Identify loop hung"
 
 
+async def _plan_and_call(urls, credentials=None):
+    """A pool of ``urls`` planned as a gateway does at start, then six calls and a readiness check: what it
+    planned, each replica's refusal, the embedder's pinned version."""
+    from mobidem.triton_client import TritonPool
+
+    pool = TritonPool.from_urls(urls, credentials=credentials)
+    try:
+        assert await pool.ready(_models())
+        planned = await pool.plan(_models())
+        for _ in range(6):
+            await pool.infer("face_multitask", {"chip": np.zeros((2, 150, 150, 3), np.uint8)}, ["embedding"])
+        assert await pool.ready(_models())  # the watchdog's check does not let a refused one in either
+        return planned, [r.refused for r in pool.replicas], await pool.model_version("face_multitask")
+    finally:
+        await pool.close()
+
+
 def test_two_tritons_balance_fail_over_come_back_and_a_changed_version_is_refused(
         start_server, triton, second_triton, pki, faces, hamilton, model_repository, tmp_path):
     """One gateway on two Tritons: calls are spread over both; SIGKILL of one fails no frame and no
     Identify (in-flight calls are retried on the other), it is taken out of rotation, then started
     again and used again; restarted as a build serving another version of the embedder, it is refused
-    and never used."""
+    and never used. Pools planned at start pin the versions of whichever replica answers first."""
     b_url = second_triton.grpc_url
     assert b_url.startswith("grpcs://")
     server = start_server(triton_url=f"{triton.grpc_url},{b_url}", triton_tls_ca=pki["ca"],
@@ -189,6 +206,14 @@ def test_two_tritons_balance_fail_over_come_back_and_a_changed_version_is_refuse
             metrics = server.server.metrics
             assert metrics.triton_replica_up.labels(a_rep.url)._value.get() == 1
             assert metrics.triton_replica_up.labels(b_rep.url)._value.get() == 0
+            # at start the first replica that answers pins the versions, whichever of the two comes first
+            creds = certs.triton_credentials(str(pki["ca"]))
+            planned, refused, pinned = asyncio.run(_plan_and_call([triton.grpc_url, changed.grpc_url], creds))
+            assert planned["face_multitask"][0] == pinned == "1"
+            assert refused[0] == "" and "face_multitask version 2" in refused[1]
+            assert inferences(changed, pki) == c0, "a refused replica was used"
+            planned, refused, pinned = asyncio.run(_plan_and_call([changed.grpc_url, triton.grpc_url], creds))
+            assert pinned == "2" and refused[0] == "" and "face_multitask version 1" in refused[1]
         finally:
             load.finish()
             changed.stop()
@@ -203,39 +228,6 @@ def test_two_tritons_balance_fail_over_come_back_and_a_changed_version_is_refuse
     assert len(load.identified) > 20
     assert all(getattr(m, "known", False) and m.display_name == "Lin" for m in load.identified), \
         [m for m in load.identified if not getattr(m, "known", False)][:3]
-
-
-def test_versions_are_pinned_from_the_first_replica_at_start(triton, model_repository, tmp_path):
-    """At start the first replica that answers pins the versions; a replica serving another version is
-    refused whichever of the two comes first, and calls name the pinned version."""
-    from mobidem.triton_client import TritonPool
-
-    changed = _managed(version_2_repository(model_repository, tmp_path / "v2"), tmp_path / "triton-v2")
-    changed.start(timeout=120)
-    chip = {"chip": np.zeros((2, 150, 150, 3), np.uint8)}
-
-    async def run(urls):
-        pool = TritonPool.from_urls(urls)
-        try:
-            assert await pool.ready(_models())
-            planned = await pool.plan(_models())
-            for _ in range(6):
-                await pool.infer("face_multitask", chip, ["embedding"])
-            assert await pool.ready(_models())  # the watchdog's check does not let it in either
-            return planned, [r.refused for r in pool.replicas], await pool.model_version("face_multitask")
-        finally:
-            await pool.close()
-
-    try:
-        before = inferences(changed)
-        planned, refused, pinned = asyncio.run(run([triton.grpc_url, changed.grpc_url]))
-        assert planned["face_multitask"][0] == pinned == "1"
-        assert refused[0] == "" and "face_multitask version 2" in refused[1]
-        assert inferences(changed) == before, "the refused replica was used"
-        planned, refused, pinned = asyncio.run(run([changed.grpc_url, triton.grpc_url]))
-        assert pinned == "2" and refused[0] == "" and "face_multitask version 1" in refused[1]
-    finally:
-        changed.stop()
 
 
 def test_tls_to_triton_settings(triton, second_triton, pki, tmp_path):
