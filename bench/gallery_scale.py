@@ -262,7 +262,8 @@ def main() -> int:
               f"{r['exact32_rss_mb']} (RSS) |")
         print(f"| exact float16 (FAISS SQfp16) | {r['exact16_ms'][0]} | {r['exact16_ms'][1]} | "
               f"{r['exact16_recall1']:.2%} | {r['exact16_rss_mb']} (RSS) |")
-        for key in sorted(k for k in r if k.startswith("hnsw_ef") and k.endswith("_ms")):
+        for key in sorted((k for k in r if k.startswith("hnsw_ef") and k.endswith("_ms")),
+                          key=lambda k: int(k[len("hnsw_ef"):-len("_ms")])):
             ef = key[len("hnsw_ef"):-len("_ms")]
             print(f"| HNSW M={r['hnsw']['M']} efC={r['hnsw']['efConstruction']} efSearch={ef} | {r[key][0]} | "
                   f"{r[key][1]} | {r[f'hnsw_ef{ef}_recall1']:.2%} | {r['hnsw_bytes_mb']} (stored) |")
