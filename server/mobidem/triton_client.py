@@ -1,4 +1,6 @@
-"""The one place that talks to Triton: async gRPC inference, readiness and model versions.
+"""The one place that talks to Triton: async gRPC inference, readiness and model versions, for one
+Triton (``TritonClient``) or a pool of replicas (``TritonPool``: balancing, failover, version pinning
+across replicas, TLS; docs/SCALING.md). The server always uses a pool; one URL is a pool of one.
 
 Tensors go to a co-located Triton through system shared memory when ``shared_memory`` is on: a pool
 of /dev/shm regions, each registered with Triton once (``register_system_shared_memory``) and reused
