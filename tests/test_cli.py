@@ -44,7 +44,7 @@ def test_cli_enroll_identify_verify_analyze(start_server, faces):
 def test_cli_stream_prints_every_frame_and_writes_an_annotated_video(server, faces, tmp_path):
     video = faces / "videos" / "short_hamilton_clip.mp4"
     annotated = tmp_path / "annotated.mp4"
-    out = mobidem(server, "stream", str(video), "--max-frames", "30", "--output", str(annotated))
+    out = mobidem(server, "stream", str(video), "--max-frames", "30", "--output", str(annotated), "--resume")
     lines = [line for line in out.stdout.splitlines() if line.startswith("frame ")]
     assert [int(line.split()[1].rstrip(":")) for line in lines] == list(range(1, 31))
     assert "30/30" in out.stderr  # the progress bar's last state

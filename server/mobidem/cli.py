@@ -153,7 +153,7 @@ def _stream(args) -> int:
         stream = client.stream(frames if frames is not None else video_frames(source, args.max_frames),
                                drop_policy=policy, raw=args.raw,
                                tracking=pb.TRACKING_OFF if args.no_tracking else pb.TRACKING_ON,
-                               fps=video_fps(source) if isinstance(source, str) else None)
+                               fps=video_fps(source) if isinstance(source, str) else None, resume=args.resume)
         progress = None
         if isinstance(source, str) and not args.no_progress:
             from tqdm import tqdm
@@ -346,7 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_parser(name, help_text, func):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--target", default=DEFAULT_TARGET, help=f"server address (default {DEFAULT_TARGET})")
+        p.add_argument("--target", default=DEFAULT_TARGET, help=f"server address (default {DEFAULT_TARGET}); several, "
+                                                                "comma-separated, or dns:///name:port: calls spread "
+                                                                "over them")
         p.add_argument("--ca", help="TLS: PEM CA that signed the server's certificate")
         p.add_argument("--cert", help="mutual TLS: this client's PEM certificate")
         p.add_argument("--key", help="mutual TLS: this client's PEM private key")
@@ -366,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--no-tracking", action="store_true",
                     help="analyse every frame on its own (every face embedded in every frame)")
     st.add_argument("--no-progress", action="store_true")
+    st.add_argument("--resume", action="store_true", help="after UNAVAILABLE (the gateway died or aged the "
+                                                          "connection) open the stream again, on another gateway "
+                                                          "when --target names several, and go on")
     lv = client_parser("liveness", "run a liveness ceremony from a camera or a video: follow the prompts; "
                                    "exit 0 on PASS, 1 on FAIL (docs/LIVENESS.md)", _liveness)
     lv.add_argument("video", nargs="?", help="a video file (played on its own timeline) instead of --camera")
