@@ -164,6 +164,50 @@ def start_server(triton, tmp_path_factory):
         server.stop()
 
 
+def plugin_triton(model_repository: Path, workdir: Path, *names: str):
+    """A started managed Triton serving the main repository and the plugins ``names``' own (their models
+    built); skips (fails under CI=true) where a plugin is not installed or not buildable."""
+    from mobidem import modelbuild, plugins
+    from mobidem.managed_triton import ManagedTriton
+
+    try:
+        loaded = [plugins.load(n) for n in names]
+        modelbuild.build(REPO / "model_repository", plugins=list(names), echo=lambda _: None)
+    except Exception as exc:  # noqa: BLE001 - not installed or not buildable here
+        need(False, f"the plugins {', '.join(names)} are not usable here (the Makefile installs them): {exc}")
+    server = ManagedTriton([model_repository, *(p.repository for p in loaded)], workdir)
+    server.start(timeout=300)
+    return server
+
+
+@pytest.fixture(scope="session")
+def mesh_triton(model_repository, tmp_path_factory):
+    """A managed Triton serving the main repository and the face_mesh plugin's (liveness, web, plugins)."""
+    server = plugin_triton(model_repository, tmp_path_factory.mktemp("mesh-triton"), "face_mesh")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def start_mesh_server(mesh_triton, tmp_path_factory):
+    """Factory: a gateway with face_multitask + face_mesh on that Triton (stopped at the end)."""
+    from mobidem import config
+
+    started = []
+
+    def start(**overrides) -> RunningServer:
+        env = {"MOBIDEM_DATA_DIR": str(tmp_path_factory.mktemp("data")), "MOBIDEM_LISTEN": "127.0.0.1:0",
+               "MOBIDEM_TRITON_URL": mesh_triton.grpc_url, "MOBIDEM_METRICS_LISTEN": "",
+               "MOBIDEM_FACE_PLUGINS": "face_multitask,face_mesh"}
+        env.update({f"MOBIDEM_{k.upper()}": str(v) for k, v in overrides.items()})
+        started.append(RunningServer(config.load(None, environ=env)))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def server(start_server) -> RunningServer:
     return start_server()

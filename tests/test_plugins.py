@@ -127,23 +127,12 @@ def test_face_mesh_models_match_tflite(facemesh, crops, model, tflite_file, outp
 
 # ------------------------------------------------------------------ servers
 @pytest.fixture(scope="module")
-def mesh_triton(facemesh, model_repository, tmp_path_factory):
-    """A managed Triton serving the main repository and the plugin's own."""
-    from mobidem.managed_triton import ManagedTriton
-
-    server = ManagedTriton([model_repository, facemesh.repository], tmp_path_factory.mktemp("mesh-triton"))
-    server.start(timeout=300)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def with_mesh(start_server, mesh_triton):
+def with_mesh(start_server, facemesh, mesh_triton):
     return start_server(triton_url=mesh_triton.grpc_url, face_plugins="face_multitask,face_mesh")
 
 
 @pytest.fixture(scope="module")
-def without_mesh(start_server, mesh_triton):
+def without_mesh(start_server, facemesh, mesh_triton):
     return start_server(triton_url=mesh_triton.grpc_url, face_plugins="face_multitask")
 
 

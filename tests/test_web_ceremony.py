@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from conftest import need, person_photos
-from liveness_data import VIDEOS, seed_for, splice
+from liveness_data import seed_for, splice
 from mobidem import auth
 from mobidem.errors import NotFound, ResourceExhausted, Unauthenticated
 from mobidem.liveness.challenges import Challenge as C
@@ -34,7 +34,7 @@ from mobidem.v1 import mobidem_pb2 as pb
 from mobidem.v1 import mobidem_pb2_grpc as pb_grpc
 from mobidem.web import tokens as links
 from mobidem.web.tokens import CeremonyTokens, Grant
-from test_liveness import held, mesh_triton, rgb, start_mesh_server  # noqa: F401 - fixtures and attack frames
+from test_liveness import held, rgb  # the held-photo attack frames
 from test_web import browser, chromium, screenshot, text  # noqa: F401 - fixtures and helpers
 
 websockets_sync = pytest.importorskip("websockets.sync.client")
