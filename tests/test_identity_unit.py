@@ -120,3 +120,11 @@ def test_evidence_of_a_record():
     assert Evidence.of(None) == Evidence("", "")
     assert Evidence.of({}) == Evidence("", "")
     assert Evidence.of({"record_id": "r1", "evidence": "a.b.c", "other": 1}) == Evidence("r1", "a.b.c")
+    assert Evidence.of({"other": 1}) == Evidence("", "")  # a record without evidence (no signing key)
+
+
+def test_a_new_service_has_no_version_yet_and_keeps_its_audit_log(world):
+    s = world.service
+    audit = object()
+    fresh = IdentityService(s.gallery, s.pipeline, CAL, audit=audit)
+    assert fresh.model_version == "" and fresh.audit is audit

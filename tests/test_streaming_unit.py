@@ -196,3 +196,44 @@ def test_latest_frame_wins_drops_the_oldest_waiting_frame_not_the_newest():
     assert [o.status for o in out] == ["dropped"] * 6 + ["ok"] * 4
     assert [o.drop_reason for o in out[:6]] == [f"overload: superseded by frame {s + 4} (latest-frame-wins)"
                                                 for s in range(1, 7)]
+
+
+def test_latest_frame_wins_keeps_the_in_flight_count_and_cancels_superseded_work():
+    """Found by the mutation run (docs/TESTING.md): every drop gives its place back (the shared in-flight
+    count never exceeds the bound, reads 1 per held frame, and is 0 after), and with max_in_flight 1 the
+    frame in progress is cancelled when a newer one arrives (its work is not finished for nothing)."""
+    stats = StreamStats()
+    seen, cancelled = [], []
+
+    async def process(frame, turn):
+        seen.append(stats.in_flight)
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            cancelled.append(frame.sequence)
+            raise
+        return frame.sequence
+
+    session = StreamSession(process, 1, DropPolicy.LATEST_FRAME_WINS, stats)
+    out = run(collect(session, frames_of(5, gap=0.01)))
+    assert [o.status for o in out] == ["dropped"] * 4 + ["ok"]
+    assert cancelled == [1, 2, 3, 4], "the superseded frames' work went on"
+    assert seen == [1] * 5
+    assert stats.in_flight == 0 and stats.active_streams == 0
+
+
+def test_the_defaults_a_session_derives_from_max_in_flight():
+    async def process(frame, turn):
+        return frame.sequence
+
+    async def build(max_in_flight, policy):
+        return StreamSession(process, max_in_flight, policy)
+
+    one = run(build(0, DropPolicy.NONE))  # at least one frame is always held
+    assert one.max_in_flight == 1 and one.working._value == 1 and one.max_queued == 10 and one.sections == 0
+    eight = run(build(8, DropPolicy.NONE))  # every held frame processed at once
+    assert eight.working._value == 8 and eight.max_queued == 2 * 8 + 8
+    latest = run(build(8, DropPolicy.LATEST_FRAME_WINS))  # one place kept for a waiting frame
+    assert latest.working._value == 7
+    assert run(build(32, DropPolicy.NONE)).working._value == 16  # at most 16 at once
+    assert run(build(1, DropPolicy.LATEST_FRAME_WINS)).working._value == 1

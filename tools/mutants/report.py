@@ -8,6 +8,7 @@ Score = killed / (killed + survived), where a timeout counts as killed (the test
 from __future__ import annotations
 
 import collections
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ for line in out.splitlines():
     name, sep, status = line.strip().rpartition(": ")
     if not sep or "__mutmut_" not in name:
         continue
-    module = name.split(".x")[0] if ".x" in name else name.rsplit(".", 1)[0]
+    module = re.split(r"\.x[_\u01c1]", name, maxsplit=1)[0]  # module.x_function / module.xǁClassǁmethod
     by_module[module][status] += 1
     if status == "survived":
         survivors.append(name)
