@@ -6,7 +6,7 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 REV=$(git -C "$REPO" rev-parse "${MUTANTS_REV:-HEAD}")
-WORK=${MUTANTS_DIR:-/tmp/mobidem-mutants-${REV:0:12}}
+WORK=${MUTANTS_DIR:-/tmp/mobidem-mutants-${REV:0:12}${MUTANTS_ONLY:+-part}}
 CHILDREN=${MUTANTS_CHILDREN:-2}
 VENV=$REPO/.venv/bin
 
@@ -18,6 +18,14 @@ cd "$WORK"
 mkdir src
 mv server/mobidem src/mobidem
 cp "$REPO/tools/mutants/setup.cfg" setup.cfg
+if [ -n "${MUTANTS_ONLY:-}" ]; then  # e.g. MUTANTS_ONLY="streaming.py gallery/index.py": those modules alone
+  "$VENV/python" - "$MUTANTS_ONLY" <<'PY'
+import re, sys
+text = open("setup.cfg").read()
+only = "".join(f"    src/mobidem/{m}\n" for m in sys.argv[1].split())
+open("setup.cfg", "w").write(re.sub(r"only_mutate =\n(?:    .*\n)+", "only_mutate =\n" + only, text))
+PY
+fi
 echo "$REV" > MUTANTS_REVISION
 echo "mutants: revision $REV in $WORK (log: $WORK/mutmut-run.log)"
 started=$(date +%s)
