@@ -228,3 +228,28 @@ def test_the_store_rereads_at_most_every_recheck_s(tmp_path):
     assert store.lookup(second) is None  # not re-read yet
     store._checked = time.monotonic() - 31
     assert store.lookup(second).name == "second"
+
+
+def test_the_keys_file_layout(tmp_path):
+    """Found by the mutation run (docs/TESTING.md): the file an operator reads and edits by hand."""
+    import re
+
+    path = tmp_path / "a" / "b" / "keys.yaml"  # parent folders are made
+    auth.add_key(path, "cam", "stream")
+    lines = path.read_text().splitlines()
+    assert lines[0] == "# mobidem API keys: SHA-256 digests only (mobidem keys add/remove; docs/SECURITY.md)"
+    fields = re.findall(r"^[ -]*(\w+):", path.read_text(), re.M)
+    assert fields == ["keys", "name", "sha256", "roles", "created"]  # in this order, as documented
+    created = auth.read_keys(path)[0].created
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", created), created
+    assert abs(time.mktime(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(time.gmtime())) < 120
+    with pytest.raises(InvalidArgument) as info:
+        auth.add_key(path, "cam", "stream")
+    assert str(path) in str(info.value)
+    with pytest.raises(InvalidArgument) as info:
+        auth.remove_key(path, "nobody")
+    assert str(path) in str(info.value)
+    with pytest.raises(InvalidArgument) as info:
+        auth.read_keys(tmp_path / "absent.yaml")
+    assert "No such file or directory" in str(info.value) and "absent.yaml" in str(info.value)
+    assert len({auth.new_key() for _ in range(3)}) == 3 and len(auth.new_key()) == 47
