@@ -248,3 +248,37 @@ def test_heif_size_is_the_primary_images_width_and_height():
     data = _encode("HEIF", np.zeros((64, 128, 3), np.uint8))
     assert heif_size(data) == (128, 64)
     assert heif_size(_heif_bomb(40000, 30000)) == (40000, 30000)
+
+
+from mobidem.imaging import _check_dims, sniff, webp_size  # noqa: E402
+
+
+@pytest.mark.parametrize("options, chunk", [({"lossless": True}, b"VP8L"), ({"quality": 80}, b"VP8 "),
+                                            ({"quality": 80, "exif": "orientation"}, b"VP8X")])
+def test_webp_size_of_each_bitstream(options, chunk):
+    """The three WebP layouts (lossless, lossy, extended) each give the size from their own header."""
+    if options.get("exif"):
+        exif = Image.Exif()
+        exif[0x0112] = 1
+        options = {**options, "exif": exif.tobytes()}
+    out = io.BytesIO()
+    Image.fromarray(np.zeros((300, 517, 3), np.uint8)).save(out, "WEBP", **options)
+    data = out.getvalue()
+    assert data[12:16] == chunk
+    assert webp_size(data) == (517, 300)
+    assert sniff(data) == "WEBP" and sniff(b"RIFF\0\0\0\0WEBX") is None and sniff(b"RIFX" + data[4:]) is None
+
+
+def test_the_limits_are_inclusive_and_name_the_numbers():
+    limits = ImageLimits(max_side=100, max_pixels=5000)
+    for ok in ((100, 50), (50, 100), (1, 1), (100, 1)):
+        _check_dims(*ok, limits)  # at the limit is accepted
+    for bad, words in [((101, 1), "101x1; each side must be at most 100"),
+                       ((1, 101), "1x101; each side must be at most 100"),
+                       ((71, 71), "71x71 = 5041 pixels; at most 5000"),
+                       ((0, 5), "must be positive, got 0x5"), ((5, 0), "must be positive, got 5x0")]:
+        with pytest.raises((InvalidArgument, ResourceExhausted)) as info:
+            _check_dims(*bad, limits)
+        assert words in str(info.value)
+    assert sniff(b"\xff\xd8\xff\xe0") == "JPEG" and sniff(b"\x89PNG\r\n\x1a\n") == "PNG"
+    assert sniff(b"\0\0\0\x18ftypheic") == "HEIF" and sniff(b"\0\0\0\x18ftypavif") is None
