@@ -22,8 +22,9 @@ from mobidem.api import convert
 from mobidem.evidence.records import liveness_claim
 from mobidem.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from mobidem.identity import IdentityService
-from mobidem.imaging import ImageLimits
+from mobidem.imaging import Decoded, ImageLimits
 from mobidem.liveness import challenges as ch
+from mobidem.liveness import parallax
 from mobidem.liveness.decision import Ceremony, FaceSignals, Observation, Outcome, Prompt, Rules
 from mobidem.liveness.headpose import affine_pose, mouth_open_ratio
 from mobidem.liveness.limits import FailureLimiter
@@ -124,6 +125,7 @@ class LivenessServicer(pb_grpc.LivenessServicer):
 
         tracks = StreamTracks(self.tracking, self.identities, 1, identify=True)
         turn = None
+        flat_ref = None  # the first frontal face (parallax.reference) and its pose: turns must show depth against it
         embeddings: list[np.ndarray] = []
         started_wall = None
         t0 = None
@@ -145,9 +147,11 @@ class LivenessServicer(pb_grpc.LivenessServicer):
             digests.append({"role": "frame", "index": sum(d["role"] == "frame" for d in digests),
                             "t": round(t - t0, 3), "sha256": convert.image_digest(frame.image)})
             turn = Turn(turn, 2)
+            seen = []  # the decoded frame, for the parallax cue
+            load = convert.image_loader(frame.image, self.limits, "frame.image")
             try:
-                analysis = await self.pipeline.analyze_tracked(
-                    convert.image_loader(frame.image, self.limits, "frame.image"), TASKS, 0, tracks, turn, t)
+                analysis = await self.pipeline.analyze_tracked(lambda: seen.append(load()) or seen[-1], TASKS, 0,
+                                                               tracks, turn, t)
             finally:
                 turn.release()
             faces = []
@@ -167,10 +171,12 @@ class LivenessServicer(pb_grpc.LivenessServicer):
                 if face.expression is not None and "happy" in face.expression_labels:
                     happy = float(face.expression[face.expression_labels.index("happy")])
                 box = face.box
+                asked = ceremony.challenges[ceremony.index] if ceremony.phase == "active" else None
+                flat_ref, flatness = await self._flatness(flat_ref, seen[-1], mesh, pose, asked)
                 faces.append(FaceSignals(face.track_id, float(min(box[2] - box[0], box[3] - box[1])), face.score,
                                          float(face.extensions.get(PRESENCE, 1.0)), pose.u, pose.v,
                                          float(face.extensions.get(EYE, 0.0)), mouth_open_ratio(mesh), happy,
-                                         distance, point.threshold))
+                                         distance, point.threshold, flatness))
             event = ceremony.feed(Observation(t, tuple(faces)))
             if isinstance(event, Prompt):
                 yield pb.LivenessResponse(prompt=_prompt_pb(event, ceremony_id))
@@ -192,6 +198,26 @@ class LivenessServicer(pb_grpc.LivenessServicer):
                  pb.LivenessOutcome.Decision.Name(result.decision), list(result.reasons), result.frames,
                  result.duration_s)
         yield pb.LivenessResponse(outcome=result)
+
+    async def _flatness(self, ref, image, mesh: np.ndarray, pose, asked):
+        """(the reference, this face's ``parallax.flatness``): the reference is the ceremony's first frontal
+        face; flatness is measured (in a worker thread: SIFT and ECC on the face region) only while a turn
+        or looking up is asked and the pose moved at least half of it from the reference, elsewhere 1.0 (the
+        decision reads it for the asked pose only)."""
+        decoded = Decoded.of(image)
+        points = mesh[:, :2] / decoded.scale  # the mesh is in original pixels, the decoded image may be smaller
+        if ref is None:
+            if abs(pose.u) >= self.rules.frontal_u:
+                return None, 1.0
+            made = await self.pipeline.run(parallax.reference, decoded.pixels, points)
+            return ((made, pose) if made is not None else None), 1.0
+        made, p0 = ref
+        moved = {ch.Challenge.TURN_LEFT: (pose.u - p0.u) / self.rules.turn_du,
+                 ch.Challenge.TURN_RIGHT: (p0.u - pose.u) / self.rules.turn_du,
+                 ch.Challenge.LOOK_UP: (p0.v - pose.v) / self.rules.up_dv}.get(asked, 0.0)
+        if moved < 0.5:
+            return ref, 1.0
+        return ref, await self.pipeline.run(parallax.flatness, made, decoded.pixels, points)
 
     async def _record(self, result: pb.LivenessOutcome, seed: int | None, which: str | None, identity_id: str,
                       point, digests: list[dict], transaction_ref: str) -> None:

@@ -14,7 +14,9 @@ For each frame the caller gives an ``Observation`` (capture time and every detec
   frontal frames; actions are changes against it;
 - the challenges in order, each completed within ``window_s`` of its first frame (a run of
   ``action_frames`` frames showing it; a blink: closed eyes, then open again); another action (a turn,
-  looking up, a smile, an open mouth) held as long during a challenge fails it; between challenges the
+  looking up, a smile, an open mouth) held as long during a challenge fails it; a turn or looking up counts
+  only in frames whose face shows depth (``FaceSignals.flatness`` at most ``max_flatness``: a flat picture
+  turned like a card moves the nose signals too, docs/LIVENESS.md "Turned photos"); between challenges the
   face returns to neutral (``neutral_frames`` frames) within ``neutral_window_s``; the ceremony passes
   after the last challenge's return to neutral.
 """
@@ -25,6 +27,8 @@ from dataclasses import dataclass, field
 from statistics import median
 
 from mobidem.liveness.challenges import Challenge, PROMPTS
+
+POSES = ("TURN_LEFT", "TURN_RIGHT", "LOOK_UP")  # the challenges a flat picture turned like a card could mimic
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,9 @@ class FaceSignals:
     happy: float  # expression probability of "happy"
     identity_distance: float | None = None  # fresh embedding vs the nearest earlier one; None: not embedded now
     identity_threshold: float = 0.0
+    # mobidem.liveness.parallax.flatness against the ceremony's first frontal frame: ~1 for any view of a
+    # flat picture, lower for a head with depth; 1.0 (flat, no evidence of depth) where not measured
+    flatness: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class Rules:
     frontal_u: float = 0.12  # |u| of a frontal face (measured <= 0.07)
     turn_du: float = 0.12  # a turn: u moved this far from the baseline
     up_dv: float = 0.12  # looking up: v moved this far up from the baseline
+    max_flatness: float = 0.95  # a pose action counts only when the face is less flat than this
     wrong_factor: float = 1.5  # another pose action counts as done when it goes this much further
     neutral_du: float = 0.08
     neutral_dv: float = 0.08
@@ -126,6 +134,7 @@ class Ceremony:
     run: dict[str, int] = field(default_factory=dict)  # consecutive frames per action
     closed_seen: bool = False
     peak: float = 0.0
+    flat: int = 0  # frames of this challenge that showed the asked pose but no depth
     timings: list[Timing] = field(default_factory=list)
     outcome: Outcome | None = None
 
@@ -243,8 +252,10 @@ class Ceremony:
         r = self.rules
         if self.phase == "active" and t - self.phase_t > r.window_s:
             c = self.challenges[self.index]
+            flat = (f" ({self.flat} frame(s) showed the pose on a flat face: a picture turned in front of the "
+                    "camera is not a head)") if self.flat else ""
             return self._end(False, f"challenge {self.index + 1} of {len(self.challenges)} ({PROMPTS[c]!r}) was "
-                                    f"not completed within {r.window_s:g} s")
+                                    f"not completed within {r.window_s:g} s{flat}")
         if self.phase == "neutral" and t - self.phase_t > r.neutral_window_s:
             return self._end(False, f"the face did not return to neutral (frontal, eyes open, mouth closed, not "
                                     f"smiling) within {r.neutral_window_s:g} s after challenge {self.index}")
@@ -289,12 +300,16 @@ class Ceremony:
                 self.index += 1
                 if self.index == len(self.challenges):
                     return self._end(True)
-                self.phase, self.phase_t, self.run, self.closed_seen, self.peak = "active", t, {}, False, 0.0
+                self.phase, self.phase_t, self.run, self.closed_seen, self.peak, self.flat = "active", t, {}, False, 0.0, 0
                 self.timings[self.index].started_s = t - self.t0
                 return self._prompt(self.index)
             return self._timeouts(t)
 
         asked = self.challenges[self.index]
+        flat = f.flatness > r.max_flatness
+        if asked.name in POSES and strength[asked.name] >= 1.0 and flat:
+            self.flat += 1
+            strength[asked.name] = 0.0  # the pose, but on a flat face: not the asked action
         for name, s in strength.items():
             if name == "BLINK":
                 continue

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 NOSE_TIP = 1
@@ -44,6 +45,25 @@ def affine_pose(mesh: np.ndarray) -> Pose:
         return Pose(0.0, 0.0)
     u, v = np.linalg.solve(basis, p[NOSE_TIP] - mid)
     return Pose(float(u), float(v))
+
+
+def planar_residual(reference: np.ndarray, mesh: np.ndarray) -> float:
+    """How far a face's landmarks are from a flat picture of its ``reference`` landmarks (the same
+    face, frontal): the RMS distance left after the best homography (least squares over all 468
+    points) maps ``mesh`` onto ``reference``, in the reference's outer-eye-corner distances.
+
+    Any view of a rigid flat picture (a print or a screen, held, tilted or turned in front of a
+    camera) is a homography of any other; a real head that turns or looks up is not flat, so its nose,
+    centre line and contour move against one another (parallax) and no homography fits them.
+    Measured in docs/LIVENESS.md, "Turned photos" (bench/turned_photo.py)."""
+    ref = np.asarray(reference, np.float64)[:468, :2]
+    cur = np.asarray(mesh, np.float64)[:468, :2]
+    h, _ = cv2.findHomography(cur, ref, 0)
+    eyes = float(np.linalg.norm(ref[EYE_OUTER_IMAGE_RIGHT] - ref[EYE_OUTER_IMAGE_LEFT]))
+    if h is None or eyes < 1e-6:
+        return 0.0
+    mapped = cv2.perspectiveTransform(cur[None], h)[0]
+    return float(np.sqrt(np.mean(np.sum((mapped - ref) ** 2, axis=1))) / eyes)
 
 
 def mouth_open_ratio(mesh: np.ndarray) -> float:
