@@ -278,3 +278,13 @@ def test_blur_lowers_sharpness(faces):
     chip = cv2.resize(image, (150, 150), interpolation=cv2.INTER_AREA)
     sharp, blurred = quality.sharpness(chip), quality.sharpness(cv2.GaussianBlur(chip, (0, 0), 3))
     assert 0 < blurred < sharp < 1 and blurred < 0.5 * sharp
+
+
+def test_iou_of_boxes_of_different_shapes_by_hand():
+    """Found by the mutation run (docs/TESTING.md): IoU worked out by hand for unequal boxes, so each box's
+    own area counts (a 10x10 box against a 10x20 one overlapping by 5x10: 50 / (100 + 200 - 50))."""
+    a = np.array([[0, 0, 10, 10]], np.float32)
+    b = np.array([[5, 0, 15, 20], [20, 20, 30, 30], [0, 0, 10, 10]], np.float32)
+    assert iou_matrix(a, b) == pytest.approx(np.array([[50 / 250, 0.0, 1.0]]))
+    assert iou_matrix(b[:1], a) == pytest.approx(np.array([[0.2]]))
+    assert iou_matrix(np.zeros((0, 4)), b).shape == (0, 3)
