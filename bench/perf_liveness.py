@@ -195,10 +195,10 @@ def render(res: dict) -> str:
               f"takes {np.median(mesh_cpu):.1f} ms of CPU, and the ceremony against a tracked stream with "
               f"face_mesh differs by {np.median(own_cpu):+.1f} ms ({np.percentile(own_cpu, 10):+.1f} to "
               f"{np.percentile(own_cpu, 90):+.1f}): "
-              + ("the ceremony's own work (head pose, mouth ratio, the decision, the evidence) does not show "
+              + ("the ceremony's own work (head pose, the parallax check on pose frames, mouth ratio, the decision, the evidence) does not show "
                  "beside that (the difference is negative, probably because a stream's results carry every "
                  "face's 468 mesh points where a ceremony returns only its prompts, not verified); "
-                 if np.median(own_cpu) <= 0 else "that difference is the ceremony's own work (head pose, mouth "
+                 if np.median(own_cpu) <= 0 else "that difference is the ceremony's own work (head pose, the parallax check on pose frames, mouth "
                  "ratio, the decision, the evidence); ")
               + "what a ceremony costs is mostly the face_mesh plugin it needs.", "",
               "Foreign CPU load during the runs (CPU seconds of other processes per wall second, from the "
