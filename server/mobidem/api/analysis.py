@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -14,7 +15,7 @@ from mobidem.api import convert
 from mobidem.api.errors import status_for
 from mobidem.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from mobidem.imaging import ImageLimits
-from mobidem.logs import frame_sequence, stream_id
+from mobidem.logs import deadline, frame_sequence, stream_id
 from mobidem.metrics import Metrics
 from mobidem.pipeline import Pipeline, Task
 from mobidem.streaming import DropPolicy, StreamFrame, StreamSession, StreamStats, Turn
@@ -140,9 +141,13 @@ class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
 
         session = StreamSession(process, in_flight, policy, self.stats, sections=2 if tracked else 0)
         try:
-            async for outcome in session.results(frames()):
-                counts[outcome.status] += 1
-                yield self._result(outcome)
+            async with contextlib.aclosing(session.results(frames())) as outcomes:
+                async for outcome in outcomes:
+                    if outcome.status == "failed" and _call_deadline_passed(outcome.error):
+                        # the frame ran out of the call's own time: the call is over, not just this frame
+                        raise DeadlineExceeded("the stream's deadline passed")
+                    counts[outcome.status] += 1
+                    yield self._result(outcome)
         finally:
             log.info("stream closed: %d ok, %d dropped, %d failed", counts["ok"], counts["dropped"], counts["failed"])
 
@@ -163,6 +168,13 @@ class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
                                     error_message=str(outcome.error))
             self.metrics.frames_failed.labels(code.name).inc()
         return result
+
+
+def _call_deadline_passed(error: BaseException | None) -> bool:
+    """Whether a frame failed because the stream call's own deadline ran out (its Triton work is bounded
+    by it), rather than for a reason of its own."""
+    ends = deadline.get()
+    return isinstance(error, DeadlineExceeded) and ends is not None and time.monotonic() >= ends - 0.05
 
 
 def client_name(context) -> str:

@@ -117,8 +117,11 @@ async def stream_items(result):
     """Items of a streaming handler's result: an async generator, or a coroutine that writes with
     ``context.write`` (e.g. grpc.health.v1 Watch), which yields nothing here."""
     if hasattr(result, "__aiter__"):
-        async for item in result:
-            yield item
+        # closed here, at once, when this generator is closed (a cancelled call): otherwise the handler's
+        # ``finally`` (its frames in flight, its counters) waits for the garbage collector
+        async with contextlib.aclosing(result) as items:
+            async for item in items:
+                yield item
     else:
         await result
 
