@@ -274,7 +274,9 @@ def landmarker_triton(landmarker, model_repository, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def with_landmarker(start_server, landmarker_triton):
-    return start_server(triton_url=landmarker_triton.grpc_url, face_plugins="face_mesh,face_landmarker")
+    server = start_server(triton_url=landmarker_triton.grpc_url, face_plugins="face_mesh,face_landmarker")
+    yield server
+    server.stop()  # before its module's Triton goes: it would otherwise probe a dead Triton all session
 
 
 def _largest_faces(server, frames) -> list:

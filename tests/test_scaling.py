@@ -219,6 +219,7 @@ def test_two_tritons_balance_fail_over_come_back_and_a_changed_version_is_refuse
             changed.stop()
     finally:
         load.finish()
+        server.stop()  # its probe (every 1 s) would otherwise go on for the rest of the session
         second_triton.start(timeout=120)  # for the module's other tests
     assert not load.errors, load.errors
     for out in load.results:
