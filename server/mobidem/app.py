@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from mobidem import calibration, certs, imaging, modelbuild
 from mobidem.api import auth as api_auth
 from mobidem.api.analysis import FaceAnalysisServicer
+from mobidem.api.drain import Drain, DrainInterceptor
 from mobidem.api.errors import ObservingInterceptor
 from mobidem.api.gallery import GalleryServicer
 from mobidem.config import Settings
@@ -66,6 +67,7 @@ class MobidemServer:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.web = None  # mobidem.web.WebServer when web_listen is set
+        self.drain = Drain()  # SIGTERM: refuse new calls, end what outlives the grace UNAVAILABLE
         self.web_port: int | None = None
         self.ready = False
         self._http = None
@@ -178,7 +180,8 @@ class MobidemServer:
         if s.grpc_max_connection_age_s > 0:  # long-lived streams behind a balancer (docs/SCALING.md)
             options += [("grpc.max_connection_age_ms", int(s.grpc_max_connection_age_s * 1000)),
                         ("grpc.max_connection_age_grace_ms", int(s.grpc_max_connection_age_grace_s * 1000))]
-        interceptors = [ObservingInterceptor(self.metrics), api_auth.from_settings(s)]  # auth errors mapped too
+        auth = api_auth.from_settings(s)  # inside the observer: auth errors are mapped and counted too
+        interceptors = [ObservingInterceptor(self.metrics), DrainInterceptor(self.drain), auth]
         self.server = grpc.aio.server(interceptors=interceptors, options=options)
         analysis = FaceAnalysisServicer(self.pipeline, limits, s.default_in_flight, s.max_in_flight, self.stats,
                                         self.metrics, s.max_streams_per_client, s.default_in_flight_latest,
@@ -209,7 +212,7 @@ class MobidemServer:
         if s.web_listen:  # the web page's streams go through the same servicer (docs/WEB.md)
             from mobidem.web import WebServer
 
-            self.web = ceremonies.web = WebServer(s, analysis, interceptors[1], liveness)
+            self.web = ceremonies.web = WebServer(s, analysis, auth, liveness)
             self.web_port = await self.web.start()
             log.info("live view on %s", self.web.url)
         await self._set_ready(True)
@@ -359,7 +362,8 @@ class MobidemServer:
         if self.web is not None:  # its sockets close first: their streams run on the gRPC servicer
             await self.web.stop()
         if self.server is not None:
-            await self.server.stop(grace)
+            await self.drain.run(grace)  # new calls UNAVAILABLE; those in flight get the grace, then UNAVAILABLE
+            await self.server.stop(0.5)
         if self._http is not None:
             self._http.shutdown()
         if getattr(self, "triton", None) is not None:
