@@ -267,6 +267,42 @@ def test_restarted_follower_catches_up(postgres, rng):
         b.close()
 
 
+def test_a_follower_behind_a_trimmed_change_log_reloads_a_snapshot(postgres, rng):
+    """Change-log retention (``trim_changes``): the log drops what is older than the retention but keeps its
+    newest change; a gateway whose follower had not applied the dropped changes (it was offline) reloads its
+    index from a snapshot and then holds exactly the store's identities; one that had applied them reads on
+    from the log without a reload."""
+    url = postgres.database()
+    clock = Clock()
+    a, b = Gallery.from_url(url, clock=clock), Gallery.from_url(url, clock=clock)
+    try:
+        gone, new = tpl(rng), tpl(rng)
+        a.enroll("old", "Old", None, [tpl(rng)])
+        a.enroll("gone", "Gone", None, [gone])
+        wait_for(lambda: b.index.identity_count() == 2, PROPAGATION_BOUND_S)
+        b.follower.stop()  # b is offline from here on; it has applied seq 2
+        assert b.follower.applied_seq == 2
+        a.enroll("new", "New", None, [new])  # seq 3
+        a.delete("gone")  # 4
+        a.enroll("last", "Last", None, [tpl(rng)])  # 5
+        assert a.store.trim_changes(3600.0) == 0  # nothing is an hour old
+        assert a.store.trim_changes(0.0) == 4  # every change but the newest
+        assert a.store.trim_changes(0.0) == 0 and a.store.last_seq() == 5
+        b.follower.catch_up()
+        assert [m.identity_id for m in b.search(new.embedding, 1, M, V).matches] == ["new"]
+        assert "gone" not in [m.identity_id for m in b.search(gone.embedding, 5, M, V).matches]
+        assert b.index.identity_count() == 3
+        assert b.follower.reloads == 1 and b.follower.applied_seq == 5
+        assert b.display_name("new") == "New" and b.display_name("gone") == ""
+        a.enroll("later", "Later", None, [tpl(rng)])  # 6: a had applied everything and reads on from the log
+        assert a.follower.reloads == 0 and a.index.identity_count() == 4
+        b.follower.catch_up()
+        assert b.follower.reloads == 1 and b.index.identity_count() == 4
+    finally:
+        a.close()
+        b.close()
+
+
 def terminate_backends(postgres, url) -> int:
     name = url.rsplit("/", 1)[1]
     rows = postgres.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "

@@ -313,19 +313,25 @@ class MobidemServer:
             return False
 
     async def _purge_idempotency(self) -> None:
-        """Forget idempotency keys older than ``idempotency_retention_s``: at start, then hourly (or every
-        half retention, when that is shorter)."""
+        """Forget idempotency keys older than ``idempotency_retention_s`` and, on a shared gallery, trim its
+        change log to ``change_log_retention_s``: at start, then hourly (or every half retention, when that
+        is shorter)."""
         retention = self.settings.idempotency_retention_s
+        changes = self.settings.change_log_retention_s if self.gallery.follower is not None else 0.0
         while True:
             try:
                 n = await asyncio.to_thread(self.gallery.store.purge_idempotency, retention)
                 if n:
                     log.info("purged %d idempotency record(s) older than %.0f s", n, retention)
+                if changes > 0:
+                    n = await asyncio.to_thread(self.gallery.store.trim_changes, changes)
+                    if n:
+                        log.info("trimmed %d change(s) older than %.0f s from the gallery's change log", n, changes)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - housekeeping must not die; the next round retries
-                log.exception("purging idempotency records failed")
-            await asyncio.sleep(max(0.2, min(3600.0, retention / 2)))
+                log.exception("purging idempotency records or trimming the change log failed")
+            await asyncio.sleep(max(0.2, min(3600.0, retention / 2, *([changes / 2] if changes > 0 else []))))
 
     async def _audit_rounds(self) -> None:
         """A signed checkpoint of the audit log every ``audit_checkpoint_interval_s`` (when its head

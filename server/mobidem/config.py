@@ -122,6 +122,9 @@ class Settings:
                                             "connection before a call fails UNAVAILABLE")
     gallery_sync_interval_s: float = setting(1.0, "PostgreSQL gallery: the change log is read at least this "
                                                   "often even without a notification")
+    change_log_retention_s: float = setting(7 * 24 * 3600.0, "PostgreSQL gallery: changes older than this are "
+                                            "trimmed from the change log (a gateway further behind reloads its index "
+                                            "from a snapshot); 0 keeps them all")
     audit_log: str = setting("", "Verify/Identify audit database; empty: <data_dir>/audit.db")
     evidence_key_file: str = setting("", "Ed25519 key file signing evidence and audit checkpoints (`mobidem "
                                          "evidence keygen`); empty: <data_dir>/evidence-keys.json, made at first start")

@@ -224,13 +224,17 @@ class Gallery:
     def count(self) -> int:
         return self.store.count()
 
+    def _load_snapshot(self) -> None:
+        """Replace the index by a fresh snapshot of the shared store (with the follower's lock held)."""
+        index = GalleryIndex(dim=self.store.dim)
+        seq, names = self.store.load_snapshot(index.add_records)
+        self.index, self.follower.applied_seq = index, seq
+        self._names = dict(names)
+
     def rebuild_index(self) -> None:
         if self.follower is not None:
             with self.follower._lock:
-                index = GalleryIndex(dim=self.store.dim)
-                seq, names = self.store.load_snapshot(index.add_records)
-                self.index, self.follower.applied_seq = index, seq
-                self._names = dict(names)
+                self._load_snapshot()
             return
         with self._write_lock:
             self.index = GalleryIndex.from_store(self.store)

@@ -25,5 +25,14 @@ class GalleryCorrupt(GalleryError):
     """The database file failed its integrity check or is not a database at all."""
 
 
+class ChangesTrimmed(GalleryError):
+    """Changes a follower has not applied yet were trimmed from the change log: it must reload its index
+    from a snapshot."""
+
+    def __init__(self, after: int, through: int):
+        super().__init__(f"the change log was trimmed through seq {through}; this follower had applied {after}")
+        self.after, self.through = after, through
+
+
 class SchemaTooNew(GalleryError, errors.FailedPrecondition):
     """The database was written by a newer mobidem (more migrations than this code knows)."""

@@ -4,7 +4,9 @@ One daemon thread per gateway: it LISTENs on the store's channel with its own co
 each notification, and at least every ``sync_interval_s`` when none comes, applies every change after
 the last one applied (``changes_since``). A notification is only a hint: the log is the truth, so a
 missed notification, a dropped connection (it reconnects with back-off and catches up first) or a
-restart (the index is rebuilt from a snapshot that names its last seq) loses nothing.
+restart (the index is rebuilt from a snapshot that names its last seq) loses nothing. A follower further
+behind than the log's retention (``trim_changes``: the changes it needs are gone) reloads the whole index
+from a snapshot instead.
 
 Applying is idempotent and order-safe: an upsert adds only those of its templates that still exist in
 the store and are not in the index yet; a delete drops the identity from the index.
@@ -15,6 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+
+from .errors import ChangesTrimmed
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,7 @@ class ChangeFollower:
         self.connect_timeout_s = float(connect_timeout_s)
         self.connected = False  # whether the LISTEN connection is up (for readiness and tests)
         self.reconnects = 0
+        self.reloads = 0  # full reloads because the log was trimmed past ``applied_seq``
         self._lock = threading.Lock()  # one catch-up at a time (the thread and writers on this gateway)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gallery-follower", daemon=True)
@@ -43,7 +48,13 @@ class ChangeFollower:
         with self._lock:
             applied = 0
             while True:
-                changes, records = self.feed.changes_since(self.applied_seq)
+                try:
+                    changes, records = self.feed.changes_since(self.applied_seq)
+                except ChangesTrimmed as exc:
+                    log.warning("gallery follower: %s; reloading the index from a snapshot", exc)
+                    self.gallery._load_snapshot()
+                    self.reloads += 1
+                    continue
                 if not changes:
                     return applied
                 self.gallery._apply(changes, records)

@@ -55,7 +55,12 @@ class ChangeFeed(Protocol):
 
     def changes_since(self, seq: int, limit: int = 1000) -> tuple[list[Change], dict[str, TemplateRecord]]:
         """Changes after ``seq`` in order (at most ``limit``), and the templates of their upserts that still
-        exist, by template id (a template deleted since is absent: it must not be added back)."""
+        exist, by template id (a template deleted since is absent: it must not be added back). Raises
+        ``ChangesTrimmed`` when some of them are no longer in the log (the caller reloads a snapshot)."""
+        ...
+
+    def trim_changes(self, older_than_s: float) -> int:
+        """Drop changes older than ``older_than_s`` from the log (never the newest one); returns how many."""
         ...
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from mobidem import errors
 
 from .crypto import TemplateCipher, TemplateKeyError
-from .errors import GalleryError, IdempotencyConflict, InvalidArgument, NotFound, SchemaTooNew
+from .errors import ChangesTrimmed, GalleryError, IdempotencyConflict, InvalidArgument, NotFound, SchemaTooNew
 from .interfaces import Change
 from .records import DEFAULT_DIM, EnrollResult, Identity, ModelVersion, TemplateIn, TemplateRecord
 from .store import (
@@ -99,6 +99,14 @@ MIGRATIONS: tuple[str, ...] = (
         pos         BIGINT GENERATED ALWAYS AS IDENTITY
     );
     CREATE INDEX enrolment_images_identity ON enrolment_images (identity_id);
+    """,
+    # 3: change-log retention (trim_changes): everything up to trimmed_through is gone from ``changes``
+    """
+    CREATE TABLE change_log_state (
+        id              INTEGER PRIMARY KEY CHECK (id = 1),
+        trimmed_through BIGINT NOT NULL
+    );
+    INSERT INTO change_log_state (id, trimmed_through) VALUES (1, 0);
     """,
 )
 
@@ -440,7 +448,11 @@ class PostgresGallery:
             return seq, names
 
     def changes_since(self, seq: int, limit: int = 1000) -> tuple[list[Change], dict[str, TemplateRecord]]:
-        with self._conn() as c:
+        with self._conn() as c, c.transaction():
+            c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")  # the trim mark and the rows agree
+            trimmed = c.execute("SELECT trimmed_through FROM change_log_state").fetchone()[0]
+            if seq < trimmed:
+                raise ChangesTrimmed(seq, trimmed)
             rows = c.execute("SELECT seq, op, identity_id, display_name, template_ids FROM changes WHERE seq > %s "
                              "ORDER BY seq LIMIT %s", (seq, limit)).fetchall()
             changes = [Change(r[0], r[1], r[2], r[3], tuple(r[4])) for r in rows]
@@ -451,6 +463,20 @@ class PostgresGallery:
                     rec = self._record(row)
                     records[rec.id] = rec
             return changes, records
+
+    def trim_changes(self, older_than_s: float) -> int:
+        """Change-log retention: delete the changes written more than ``older_than_s`` ago, except the newest
+        (whose seq snapshots and followers count from), and record how far the log is trimmed. A follower that
+        had not applied them gets ``ChangesTrimmed`` and reloads its index from a snapshot."""
+        with self._conn(writing=True) as c, c.transaction():
+            c.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))  # no write interleaves
+            through = c.execute("SELECT coalesce(max(seq), 0) FROM changes WHERE at < %s "
+                                "AND seq < (SELECT max(seq) FROM changes)", (self._clock() - older_than_s,)).fetchone()[0]
+            if not through:
+                return 0
+            n = c.execute("DELETE FROM changes WHERE seq <= %s", (through,)).rowcount
+            c.execute("UPDATE change_log_state SET trimmed_through = greatest(trimmed_through, %s)", (through,))
+            return n
 
     def close(self) -> None:
         if self._closed:
