@@ -272,6 +272,91 @@ def test_a_burst_of_short_deadlines_leaves_inference_working(server, faces):
             assert time.monotonic() - started < 10
 
 
+def test_short_deadlines_and_cancelled_calls_never_cancel_a_triton_inference(model_repository, tmp_path):
+    """The wedge's cause (docs/RELIABILITY.md, tools/triton_wedge.py): Triton 2.41 loses one of its two
+    ModelInfer accept slots for good when a ModelInfer RPC is cancelled just as its handler thread takes
+    it up, and after two such losses accepts no inference at all. The gateway's client must therefore
+    never cancel a ModelInfer RPC, by deadline or by a caller that goes away, while still answering each
+    caller within its own deadline. Triton's verbose log names every cancellation it is notified of:
+    bursts of calls with 1-60 ms deadlines and of cancelled calls must leave none; with Triton stopped,
+    callers still get DEADLINE_EXCEEDED at their deadline; Triton drops the requests it could not start
+    in time (the models' queue policy honours the request timeout) instead of running them all; a normal
+    call answers at the end. With the old client (gRPC deadline = the call's, cancelled with its caller)
+    this saw hundreds of cancellations and, in 2 of 3 runs, the wedge itself."""
+    import asyncio
+    import os
+    import random
+    import re
+    import signal
+    import time
+
+    from mobidem.errors import DeadlineExceeded
+    from mobidem.logs import deadline
+    from mobidem.managed_triton import ManagedTriton
+    from mobidem.triton_client import TritonClient
+
+    model = "blazeface_short"
+    image = np.zeros((1, 128, 128, 3), np.uint8)
+    triton = ManagedTriton(model_repository, tmp_path / "triton", models=[model], log_verbose=1).start()
+
+    async def scenario():
+        client = TritonClient(triton.grpc_url, shared_memory=True)
+        await client.plan([model])
+        rng = random.Random(20)
+
+        async def short_call(budget=None):
+            token = deadline.set(time.monotonic() + (budget or rng.uniform(0.001, 0.060)))
+            try:
+                await client.infer(model, {"image": image}, ["regressors", "scores"])
+                return "OK"
+            except DeadlineExceeded:
+                return "DEADLINE_EXCEEDED"
+            finally:
+                deadline.reset(token)
+
+        try:
+            sent = 0
+            for _ in range(4):
+                codes = await asyncio.gather(*(short_call() for _ in range(300)))
+                assert set(codes) <= {"OK", "DEADLINE_EXCEEDED"}
+                tasks = [asyncio.ensure_future(client.infer(model, {"image": image}, ["regressors", "scores"]))
+                         for _ in range(30)]
+                await asyncio.sleep(rng.uniform(0, 0.005))
+                for task in tasks:  # callers that go away (a killed client's stream)
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                sent += 330
+            # a Triton that answers nothing (stopped): callers still get DEADLINE_EXCEEDED at their deadline
+            os.kill(triton.process.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                stuck = await asyncio.gather(*(short_call(0.05) for _ in range(20)))
+                waited = time.monotonic() - started
+            finally:
+                os.kill(triton.process.pid, signal.SIGCONT)
+            assert stuck == ["DEADLINE_EXCEEDED"] * 20 and waited < 1.5, (stuck, waited)
+            sent += 20
+            started = time.monotonic()
+            out = await client.infer(model, {"image": image}, ["regressors", "scores"], timeout_s=10)
+            assert out["scores"].shape == (1, 896, 1) and time.monotonic() - started < 5
+            await asyncio.sleep(1)  # the calls nobody waits for end
+            stats = (await client.statistics(model))["model_stats"][0]
+            return sent, int(stats.get("inference_count", 0))
+        finally:
+            await client.close()
+
+    try:
+        sent, ran = asyncio.run(scenario())
+    finally:
+        triton.stop()
+    print(f"\nTriton ran {ran} of {sent} requests whose callers had gone or given up")
+    log = triton.log_path.read_text(errors="replace")
+    cancellations = re.findall(r"Cancellation notification received for ModelInferHandler.*step (\w+)", log)
+    assert not cancellations, f"Triton was told of {len(cancellations)} cancelled ModelInfer calls (steps " \
+                              f"{sorted(set(cancellations))}): each can cost it an accept slot for good"
+    assert ran < sent / 2, f"Triton ran {ran} of {sent} requests whose callers had gone: the request timeout is ignored"
+
+
 def test_a_client_that_never_reads_its_results_cannot_grow_the_gateway(triton, tmp_path, faces):
     """A latest-frame-wins client that sends 1080p frames as fast as it can and never reads a result
     (an outside probe saw 516 -> 2241 MiB in 45 s): the gateway's memory stays bounded, and the

@@ -2,6 +2,9 @@
 Triton (``TritonClient``) or a pool of replicas (``TritonPool``: balancing, failover, version pinning
 across replicas, TLS; docs/SCALING.md). The server always uses a pool; one URL is a pool of one.
 
+A ModelInfer RPC is never cancelled because its caller's deadline ran out or its caller went away
+(``TritonClient._call``): that is what wedged Triton 2.41 (docs/RELIABILITY.md, "Faults").
+
 Tensors go to a co-located Triton through system shared memory when ``shared_memory`` is on: a pool
 of /dev/shm regions, each registered with Triton once (``register_system_shared_memory``) and reused
 for request after request (inputs written in place, outputs read back from the same region); gRPC
@@ -206,6 +209,7 @@ class TritonClient:
         self._max_batch: dict[str, int] = {}  # model -> max_batch_size from Triton's model config
         self.shm: SharedMemoryPool | None = SharedMemoryPool(headers=headers) if shared_memory else None
         self._out_shapes: dict[str, dict[str, tuple[str, tuple[int, ...]]]] = {}  # model -> output -> (dtype, dims)
+        self._abandoned: set[asyncio.Future] = set()  # calls whose caller stopped waiting, still running (_call)
 
     @property
     def client(self) -> grpcclient.InferenceServerClient:
@@ -216,6 +220,8 @@ class TritonClient:
 
 
     async def close(self) -> None:
+        if self._abandoned:  # let calls nobody waits for end rather than cancel them (see _call), briefly
+            await asyncio.wait(list(self._abandoned), timeout=2)
         if self.shm is not None:
             await self.shm.close(self._client)
         if self._client is not None:
@@ -316,19 +322,46 @@ class TritonClient:
                 raise Unavailable(f"Triton model {model} returned an empty {name!r} output")
         return arrays
 
-    async def _call(self, model, tensors, requested, timeout):
+    async def _call(self, model, tensors, requested, timeout, on_abandon=None):
+        """One ModelInfer call; the caller waits at most ``timeout`` seconds.
+
+        The gRPC call itself is never cancelled because the caller stops waiting, and its gRPC deadline is
+        this client's own bound (``timeout_s``, 30 s), not the caller's possibly tiny one: Triton 2.41 (the
+        managed one) loses one of its two ModelInfer accept slots for good whenever a call is already
+        cancelled when its handler thread first takes it up, and after two such calls accepts no inference
+        at all (the wedge of issue 20; docs/RELIABILITY.md, tools/triton_wedge.py). The caller's deadline
+        still reaches Triton as the request timeout (``timeout``, microseconds), so the dynamic batcher
+        drops a request that waited past it unrun. A call the caller gave up on runs to its end in the
+        background; ``on_abandon(call)`` is told of it then (the shared-memory region waits for its end).
+        """
+        expires = time.monotonic() + timeout
+        call = asyncio.ensure_future(self.client.infer(
+            model, tensors, model_version=self._versions.get(model, ""), outputs=requested, headers=self.headers,
+            client_timeout=max(timeout, self.timeout_s), timeout=max(1, int(timeout * 1e6))))
         try:
-            # the deadline goes to Triton too (``timeout``, microseconds): it may drop the request unrun
-            return await self.client.infer(model, tensors, model_version=self._versions.get(model, ""),
-                                           outputs=requested, headers=self.headers, client_timeout=timeout,
-                                           timeout=max(1, int(timeout * 1e6)))
+            return await asyncio.wait_for(asyncio.shield(call), timeout)
         except InferenceServerException as exc:
+            if time.monotonic() >= expires and (exc.status() or "").endswith("UNAVAILABLE"):
+                # the queue's rejection of a request past its timeout (Triton says UNAVAILABLE) that came in
+                # before this event loop ran the wait's own timer: the deadline, not a Triton that is down
+                exc = InferenceServerException(exc.message(), "StatusCode.DEADLINE_EXCEEDED")
             error = _translate(model, exc, self._versions.get(model, ""))
             self._count_error(model, error)
             raise error from None
-        except asyncio.TimeoutError:
+        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            self._abandoned.add(call)
+            call.add_done_callback(self._abandoned_ended)
+            if on_abandon is not None:
+                on_abandon(call)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             self._count_error(model, DeadlineExceeded())
             raise DeadlineExceeded(f"Triton model {model} did not answer in time") from None
+
+    def _abandoned_ended(self, call: asyncio.Future) -> None:
+        self._abandoned.discard(call)
+        if not call.cancelled():
+            call.exception()  # retrieved: its outcome no longer matters to anyone
 
     async def _infer_grpc(self, model, inputs, outputs, timeout) -> dict[str, np.ndarray]:
         tensors = []
@@ -385,11 +418,18 @@ class TritonClient:
             r = grpcclient.InferRequestedOutput(name)
             r.set_shared_memory(region.name, nbytes, off)
             requested.append(r)
+        abandoned = False
+
+        def hand_over(call: asyncio.Future) -> None:  # the caller gave up: the region waits for the call's end
+            nonlocal abandoned
+            abandoned = True
+            call.add_done_callback(lambda c: self._release_after(region, c))
+
         try:
-            result = await self._call(model, tensors, requested, timeout)
+            result = await self._call(model, tensors, requested, timeout, on_abandon=hand_over)
         except BaseException as exc:
-            # Triton may still write this region's outputs: keep it out of the pool for a while
-            asyncio.get_running_loop().call_later(self.timeout_s + 5, self.shm.release, region)
+            if not abandoned:  # Triton may still write this region's outputs: keep it out of the pool a while
+                asyncio.get_running_loop().call_later(self.timeout_s + 5, self.shm.release, region)
             if "shared memory" in f"{exc} {getattr(exc, 'detail', '')}".lower():
                 self.shm.generation += 1  # Triton lost the registrations (restarted): register again
                 log.warning("Triton lost the shared-memory registrations (%s); re-registering", exc)
@@ -404,6 +444,18 @@ class TritonClient:
             return arrays
         finally:
             self.shm.release(region)
+
+    def _release_after(self, region: _Region, call: asyncio.Future) -> None:
+        """An abandoned call ended: its region goes back to the pool now when Triton answered it (outputs,
+        an error, the queue's rejection), after ``timeout_s`` + 5 s when the client side ended it (its gRPC
+        deadline, a cancel at close: Triton may still write the outputs)."""
+        exc = None if call.cancelled() else call.exception()
+        answered = exc is None or (isinstance(exc, InferenceServerException)
+                                   and not (exc.status() or "").endswith(("DEADLINE_EXCEEDED", "CANCELLED")))
+        if answered:
+            self.shm.release(region)
+        else:
+            asyncio.get_running_loop().call_later(self.timeout_s + 5, self.shm.release, region)
 
     def _count_error(self, model: str, error: Exception) -> None:
         if self.metrics is not None:
