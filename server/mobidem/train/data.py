@@ -99,7 +99,7 @@ async def extract_chips(root: Path, rels: list[str], triton_url: str, concurrenc
             if not found:
                 return None
             best = max(found, key=lambda d: d.area)
-            return align_chip(image, best.keypoints)[0]
+            return align_chip(image, best.keypoints, template=pipe.plugins.detector.chip_template)[0]
 
     try:
         return await asyncio.gather(*(one(r) for r in rels))

@@ -1,22 +1,31 @@
-"""Face chips for dlib's ResNet embedder, from BlazeFace keypoints, with OpenCV only.
+"""Face chips for dlib's ResNet embedder, from a detector's keypoints, with OpenCV only.
 
 The embedder was trained on ``dlib.get_face_chip(img, shape5, size=150, padding=0.25)`` chips.
 dlib is not a run-time dependency, so the chip is reproduced by a similarity transform that sends
-BlazeFace's keypoints onto a template fitted to dlib's chips (see bench/alignment_study.py and
-docs/ALIGNMENT.md for how the template was derived and how close the result gets).
+the detector's keypoints onto a template fitted to dlib's chips (see bench/alignment_study.py and
+docs/ALIGNMENT.md for how each template was derived and how close the result gets).
 
-    chip, M = align_chip(image_rgb, det.keypoints)   # uint8 [150,150,3], 2x3 image -> chip
+Each detector puts its keypoints in slightly different places on a face (BlazeFace's mouth centre is
+not the midpoint of YuNet's mouth corners), so the template is a property of the detector plugin
+(``DetectorPlugin.chip_template``): ``BLAZEFACE`` for BlazeFace (and detectors that declare none);
+the YuNet plugin declares its own, fitted the same way.
+
+    chip, M = align_chip(image_rgb, det.keypoints, template=detector.chip_template)
 
 Large faces are pre-shrunk by factors of two with a Gaussian pyramid (as dlib does) before the
 bilinear warp, so shrinking never degenerates into nearest-neighbour sampling.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
 __all__ = [
     "CHIP_SIZE",
+    "ChipTemplate",
+    "BLAZEFACE",
     "TEMPLATE_150",
     "TEMPLATE_WEIGHTS",
     "similarity_transform",
@@ -43,6 +52,32 @@ TEMPLATE_150 = np.array(
 )
 # Per-keypoint least-squares weights (ears carry no weight: too unstable under yaw).
 TEMPLATE_WEIGHTS = np.array([1.0, 1.0, 0.0, 1.0, 0.0, 0.0], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class ChipTemplate:
+    """Where one detector's keypoints go in dlib's 150 px / padding 0.25 chip, and how much each counts.
+
+    ``points`` [K, 2] in the interface's keypoint order (right eye, left eye, nose tip, mouth centre,
+    then any the detector adds); ``weights`` [K] for the least-squares similarity (0: unused).
+    ``source`` says how it was fitted (the bench command)."""
+
+    name: str
+    points: np.ndarray
+    weights: np.ndarray
+    source: str = ""
+
+    def __post_init__(self):
+        pts = np.asarray(self.points, dtype=np.float64).reshape(-1, 2)
+        w = np.asarray(self.weights, dtype=np.float64).reshape(-1)
+        if len(w) != len(pts) or (w > 0).sum() < 2 or (w < 0).any():
+            raise ValueError(f"chip template {self.name!r}: need one weight >= 0 per point, at least two > 0")
+        object.__setattr__(self, "points", pts)
+        object.__setattr__(self, "weights", w)
+
+
+BLAZEFACE = ChipTemplate("blazeface", TEMPLATE_150, TEMPLATE_WEIGHTS,
+                         "bench/alignment_study.py (BlazeFace keypoints in dlib's chips)")
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -73,17 +108,24 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray, weights: np.ndarray |
 def chip_transform(
     keypoints: np.ndarray,
     size: int = CHIP_SIZE,
-    template: np.ndarray | None = None,
+    template: "ChipTemplate | np.ndarray | None" = None,
     weights: np.ndarray | None = None,
 ) -> np.ndarray:
-    """2x3 image -> chip similarity from BlazeFace keypoints [6, 2] (original image pixels).
+    """2x3 image -> chip similarity from a detector's keypoints [K, 2] (original image pixels).
 
-    ``template``/``weights`` default to TEMPLATE_150 / TEMPLATE_WEIGHTS (scaled to ``size``).
+    ``template``: a ChipTemplate (its points and weights) or template points [K, 2]; default
+    ``BLAZEFACE``. ``weights`` override the template's. Scaled to ``size``.
     """
     kp = np.asarray(keypoints, dtype=np.float64).reshape(-1, 2)
-    tpl = TEMPLATE_150 if template is None else np.asarray(template, dtype=np.float64).reshape(-1, 2)
-    w = TEMPLATE_WEIGHTS if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
-    n = min(len(kp), len(tpl))
+    if template is None:
+        template = BLAZEFACE
+    if isinstance(template, ChipTemplate):
+        tpl, w = template.points, template.weights
+    else:
+        tpl, w = np.asarray(template, dtype=np.float64).reshape(-1, 2), TEMPLATE_WEIGHTS
+    if weights is not None:
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    n = min(len(kp), len(tpl), len(w))
     tpl = tpl[:n] * (size / CHIP_SIZE)
     return similarity_transform(kp[:n], tpl, w[:n])
 
@@ -133,11 +175,13 @@ def align_chip(
     image_rgb: np.ndarray,
     keypoints: np.ndarray,
     size: int = CHIP_SIZE,
+    template: ChipTemplate | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Chip for dlib's embedder from one face's BlazeFace keypoints.
+    """Chip for dlib's embedder from one face's keypoints.
 
-    image_rgb: uint8 HxWx3 (the original frame); keypoints: [6, 2] in that frame's pixels (e.g.
-    ``Detection.keypoints``). Returns (chip uint8 [size, size, 3], M 2x3 float64 image -> chip).
+    image_rgb: uint8 HxWx3 (the original frame); keypoints: [K, 2] in that frame's pixels (e.g.
+    ``Detection.keypoints``); template: the detecting plugin's ``chip_template`` (default BLAZEFACE).
+    Returns (chip uint8 [size, size, 3], M 2x3 float64 image -> chip).
     """
-    M = chip_transform(keypoints, size)
+    M = chip_transform(keypoints, size, template)
     return warp_chip(image_rgb, M, size), M
