@@ -282,3 +282,154 @@ def test_the_limits_are_inclusive_and_name_the_numbers():
         assert words in str(info.value)
     assert sniff(b"\xff\xd8\xff\xe0") == "JPEG" and sniff(b"\x89PNG\r\n\x1a\n") == "PNG"
     assert sniff(b"\0\0\0\x18ftypheic") == "HEIF" and sniff(b"\0\0\0\x18ftypavif") is None
+
+
+# ------------------------------------------------------------------ survivors of the deb9509 mutation run
+
+from mobidem.imaging import Decoded, _decode_pillow, decode_reduced  # noqa: E402
+
+
+def test_png_ihdr_width_and_height_are_four_byte_big_endian():
+    """PNG spec 11.2.2: IHDR's width and height are 4-byte big-endian; a side of 2^24 + 1 must not read as 1."""
+    def ihdr(w, h):
+        body = b"IHDR" + struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+        return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + body + struct.pack(">I", zlib.crc32(body))
+    assert _encoded_size(ihdr(2**24 + 1, 7)) == (2**24 + 1, 7)
+    assert _encoded_size(ihdr(7, 2**24 + 1)) == (7, 2**24 + 1)
+    with pytest.raises(ResourceExhausted, match="16777217x7"):
+        decode_encoded(ihdr(2**24 + 1, 7))
+
+
+def test_a_frame_header_right_after_soi_and_one_cut_short():
+    # T.81 B.2.2: SOF = marker, Lf (2), P (1), Y (2), X (2), Nf (1) ...; 12 bytes reach Nf
+    sof = b"\xff\xd8" + b"\xff\xc0" + (17).to_bytes(2, "big") + bytes([8]) + (480).to_bytes(2, "big") \
+        + (640).to_bytes(2, "big") + bytes([3])
+    assert _encoded_size(sof) == (640, 480)
+    assert _encoded_size(sof[:-1]) is None  # the file ends inside its frame header: no header found
+    with pytest.raises(InvalidArgument, match="no image header found; send a complete file"):
+        decode_encoded(sof[:-1] + b"")
+
+
+def test_one_stray_byte_before_the_frame_header():
+    data = b"\xff\xd8" + b"\x00" + _sof(0xC0, 640, 480) + bytes(32)
+    assert _encoded_size(data) == (640, 480)
+
+
+def test_an_exif_thumbnail_inside_a_long_app1_is_not_the_image_size():
+    """A phone JPEG's APP1 (EXIF, often > 255 bytes) holds a thumbnail with its own SOF; its 2-byte length
+    (T.81 B.1.1.4) must skip all of it, so the bomb behind it is still seen."""
+    thumb = _sof(0xC0, 160, 120)
+    app1 = _segment(0xE1, b"Exif\x00\x00" + bytes(100) + thumb + bytes(300))
+    assert len(app1) > 256 + 40
+    data = b"\xff\xd8" + app1 + _sof(0xC0, 9000, 9000) + bytes(32)
+    assert _encoded_size(data) == (9000, 9000)
+    with pytest.raises(ResourceExhausted, match="9000x9000"):
+        decode_encoded(data)
+
+
+def _riff(chunk: bytes, body: bytes) -> bytes:  # RIFF container (WebP container spec): 'RIFF' size 'WEBP' chunk
+    payload = b"WEBP" + chunk + len(body).to_bytes(4, "little") + body
+    return b"RIFF" + len(payload).to_bytes(4, "little") + payload
+
+
+def test_webp_headers_of_exactly_their_minimum_length():
+    # VP8X: flags (4), canvas width - 1 (3, LE), canvas height - 1 (3, LE) = 10 bytes
+    assert webp_size(_riff(b"VP8X", bytes(4) + (516).to_bytes(3, "little") + (299).to_bytes(3, "little"))) \
+        == (517, 300)
+    # VP8L: signature 0x2F, then 14 bits width - 1, 14 bits height - 1 (LE) = 5 bytes
+    bits = 516 | (299 << 14)
+    assert webp_size(_riff(b"VP8L", b"\x2f" + bits.to_bytes(4, "little"))) == (517, 300)
+    # VP8 key frame (RFC 6386 9.1): frame tag (3), start code 9d 01 2a, width (2, LE, 14 bits), height (2)
+    assert webp_size(_riff(b"VP8 ", bytes(3) + b"\x9d\x01\x2a" + (517).to_bytes(2, "little")
+                           + (300).to_bytes(2, "little"))) == (517, 300)
+
+
+@pytest.mark.parametrize("chunk, body", [
+    (b"VP8L", b"\x2f\x00\x00"),                                  # lossless header cut short
+    (b"VP8 ", bytes(3) + b"\x9d\x01\x2a\x05"),                   # lossy key frame cut short
+    (b"VP8X", bytes(9)),                                         # extended header cut short
+    (b"ALPH", b"\x2f" + bytes(2) + b"\x9d\x01\x2a" + bytes(8)),  # not a first chunk at all
+])
+def test_malformed_webp_headers_say_so(chunk, body):
+    data = _riff(chunk, body)
+    with pytest.raises(InvalidArgument, match=r"WebP image could not be decoded \(\d+ bytes\): its header is "
+                                              r"malformed; send a complete file"):
+        webp_size(data)
+
+
+def test_a_webp_whose_header_is_fine_but_its_pixels_are_not():
+    good = _encode("WEBP", CARD, quality=80)
+    broken = good[:40] + bytes(len(good) - 40)
+    with pytest.raises(InvalidArgument, match=rf"WEBP image could not be decoded \({len(broken)} bytes: .*\); "
+                                              r"send a complete JPEG, PNG, WebP or HEIC/HEIF file"):
+        decode_encoded(broken)
+
+
+def test_a_broken_heif_says_so():
+    good = _encode("HEIF", CARD)
+    with pytest.raises(InvalidArgument, match=r"(?s)HEIF image could not be decoded \(\d+ bytes: .*send a complete file"):
+        decode_encoded(good[:60])  # its container cut inside the meta box
+    with pytest.raises(InvalidArgument, match=r"(?s)HEIF image could not be decoded \(\d+ bytes: .*send a complete file"):
+        decode_encoded(good[:-30])  # its coded data cut short
+
+
+def test_the_encoded_size_limit_is_inclusive_and_messages_name_the_bytes():
+    png = cv2.imencode(".png", CARD)[1].tobytes()
+    assert decode_encoded(png, ImageLimits(max_encoded_bytes=len(png))).shape == CARD.shape
+    with pytest.raises(InvalidArgument, match=r"image is empty \(0 bytes\)"):
+        decode_encoded(b"")
+    data = bytes(range(1, 20))
+    with pytest.raises(InvalidArgument) as info:
+        decode_encoded(data)
+    assert f"({len(data)} bytes, starting {data[:8].hex()}): send JPEG" in str(info.value)
+    with pytest.raises(InvalidArgument, match=r"JPEG image could not be decoded \(\d+ bytes\): send a complete file"):
+        decode_encoded(b"\xff\xd8\xff" + _sof(0xC0, 64, 48)[1:] + bytes(8))
+
+
+def _jpeg(width: int, height: int, orientation: int = 1) -> bytes:
+    return _encode("JPEG", np.zeros((height, width, 3), np.uint8), orientation=orientation, quality=80)
+
+
+def test_decode_reduced_picks_the_largest_reduction_that_keeps_the_long_side():
+    """1/2, 1/4 or 1/8, the largest keeping the longer side >= decode_min_side; never below 1/8; other
+    formats at full size (decode_reduced's docstring)."""
+    jpeg = _jpeg(1600, 1200)
+    for min_side, scale in ((0, 1), (801, 1), (800, 2), (400, 4), (201, 4), (200, 8), (50, 8)):
+        out = decode_reduced(jpeg, ImageLimits(decode_min_side=min_side))
+        assert (out.scale, out.width, out.height) == (scale, 1600, 1200), min_side
+        assert out.pixels.shape == (1200 // scale, 1600 // scale, 3)
+    png = cv2.imencode(".png", np.zeros((300, 400, 3), np.uint8))[1].tobytes()
+    out = decode_reduced(png, ImageLimits(decode_min_side=50))
+    assert (out.scale, out.width, out.height, out.pixels.shape) == (1, 400, 300, (300, 400, 3))
+    assert decode_encoded(jpeg, ImageLimits(decode_min_side=200)).shape == (1200, 1600, 3)  # always full size
+
+
+def test_decoded_width_and_height_are_the_upright_image():
+    out = decode_reduced(_jpeg(64, 32))
+    assert (out.scale, out.width, out.height) == (1, 64, 32)
+    turned = decode_reduced(_jpeg(64, 32, orientation=6))  # EXIF 6: shown rotated 90 degrees clockwise
+    assert (turned.width, turned.height, turned.pixels.shape) == (32, 64, (64, 32, 3))
+    webp = decode_reduced(_encode("WEBP", np.zeros((30, 50, 3), np.uint8), quality=80))
+    assert (webp.scale, webp.width, webp.height) == (1, 50, 30)
+    pixels = np.zeros((7, 11, 3), np.uint8)
+    made = Decoded.of(pixels)
+    assert (made.scale, made.width, made.height) == (1, 11, 7) and made.pixels is pixels
+    assert Decoded.of(made) is made
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I;16L", "I"])
+def test_sixteen_bit_grey_from_pillow_is_scaled_not_clipped(mode):
+    # 16-bit grey keeps its high byte: 0x1234 -> 0x12, 0xFF00 -> 0xFF
+    values = np.array([[0x1234, 0xFF00, 0x00FF]], np.uint16)
+    image = Image.fromarray(values.astype(np.int32), "I").convert(mode) if mode != "I" \
+        else Image.fromarray(values.astype(np.int32), "I")
+    assert image.mode == mode
+    out = _decode_pillow(image, "HEIF", 10, ImageLimits())
+    assert out.dtype == np.uint8 and out.shape == (1, 3, 3)
+    assert out[0, :, 0].tolist() == [0x12, 0xFF, 0x00] and np.array_equal(out[..., 0], out[..., 2])
+
+
+def test_the_raw_pixel_format_message_lists_the_formats():
+    with pytest.raises(InvalidArgument) as info:
+        decode_raw(4, 4, 0, 0, b"")
+    assert str(info.value) == "raw image needs a pixel format (RGB8, BGR8, RGBA8, BGRA8 or GRAY8)"
