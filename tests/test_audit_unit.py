@@ -271,3 +271,406 @@ def test_a_second_writer_on_the_same_file_does_not_fork_the_chain(tmp_path):
     other.close()
     log.close()
     assert os.stat(tmp_path / "audit.db").st_mode & 0o077 == 0
+
+
+# --------------------------------------------------------------------------- survivors of the deb9509 mutation run
+# Each test states what docs/SECURITY.md and the module docstring promise; the messages are the ones an
+# operator reads from `mobidem audit verify`.
+
+import logging  # noqa: E402
+import threading  # noqa: E402
+
+from mobidem import logs  # noqa: E402
+from mobidem.errors import Unavailable  # noqa: E402
+from mobidem.evidence import checkpoints as evidence_checkpoints  # noqa: E402
+
+TRIGGER_NAMES = sorted(f"{t}_no_{op}" for t in ("audit", "evidence", "checkpoints") for op in ("update", "delete"))
+
+
+def _edit(path, *statements):
+    con = _open_unprotected(path)
+    for sql, *params in statements:
+        con.execute(sql, *params)
+    con.commit()
+    con.close()
+
+
+def test_a_record_says_who_when_and_what_in_utc(tmp_path):
+    log = AuditLog(tmp_path / "deep" / "er" / "audit.db", ["face_multitask:1"])  # parent folders are made
+    tokens = [logs.caller.set("partner-a"), logs.peer.set("ipv4:10.0.0.1:5")]
+    try:
+        a = log.verify_decision(_Decision(0), "alice")
+        logs.caller.set("")
+        b = log.verify_decision(_Decision(1), None)  # 1:1 on two photos, no identity
+        logs.peer.set("")
+        c = log.verify_decision(_Decision(1), "bob")
+    finally:
+        logs.peer.reset(tokens[1])
+        logs.caller.reset(tokens[0])
+    assert (a["caller"], a["peer"]) == ("partner-a", "ipv4:10.0.0.1:5")
+    assert (b["caller"], b["peer"]) == ("ipv4:10.0.0.1:5", "ipv4:10.0.0.1:5")  # no key: the peer names the caller
+    assert (c["caller"], c["peer"]) == ("unknown", "")
+    assert (a["identity_ids"], a["matched_id"], a["decision"]) == ('["alice"]', "alice", "match")
+    assert (b["identity_ids"], b["matched_id"], b["decision"]) == ("[]", "", "no_match")
+    assert (c["identity_ids"], c["matched_id"], c["decision"]) == ('["bob"]', "", "no_match")
+    stored = log.records()
+    assert [r["models"] for r in stored] == ['["face_multitask:1"]'] * 3
+    assert all(r["time"].endswith("+00:00") for r in stored)  # UTC ISO 8601, whatever the host's zone
+    assert "evidence" not in a  # no signer: a chain without evidence
+    assert log.verify() == 3
+    log.close()
+
+
+def test_evidence_names_the_callers_key_and_an_empty_reference_by_default(tmp_path):
+    key_file = tmp_path / "k.json"
+    evidence_keys.create(key_file)
+    log = AuditLog(tmp_path / "audit.db", ["m:1"], signer=Signer.load(key_file))
+    token = logs.caller.set("partner-a")
+    try:
+        keyed = log.verify_decision(_Decision(0), None)
+    finally:
+        logs.caller.reset(token)
+    anonymous = log.verify_decision(_Decision(0), None)
+    keys = _pyjwt_keys(key_file)
+    claims = _pyjwt_decode(keyed["evidence"], keys)
+    assert claims["caller_key"] == "partner-a" and claims["transaction_ref"] == "" and claims["identity_id"] == ""
+    assert _pyjwt_decode(anonymous["evidence"], keys)["caller_key"] == ""
+    log.close()
+
+
+def test_the_log_is_written_from_worker_threads(tmp_path):
+    log = AuditLog(tmp_path / "audit.db")  # opened on one thread, written on the gateway's worker threads
+    errors = []
+
+    def work(i):
+        try:
+            log.append(kind="verify", caller="c", peer="p", request_id=f"r{i}", identity_ids="[]", matched_id="",
+                       decision="no_match", distance=0.9, threshold=0.5, operating_point="x", far_target=0.001,
+                       embedder="e", models="[]")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and log.verify() == 4
+    log.close()
+
+
+def test_a_failed_evidence_leaves_no_record_and_a_failed_write_is_unavailable(tmp_path):
+    log, signer, _ = _signed(tmp_path, 2)
+
+    def broken(record, record_id, seq):
+        raise RuntimeError("evidence failed")
+    with pytest.raises(RuntimeError, match="evidence failed"):
+        log.append(broken, kind="verify")
+    assert len(log.records()) == 2  # rolled back, and the log still takes records
+    log.verify_decision(_Decision(3), "alice")
+    assert check(tmp_path / "audit.db", signer.trusted()).records == 3
+    log._conn.execute("PRAGMA query_only = ON")  # the disk refuses writes
+    with pytest.raises(Unavailable, match=r"the audit log cannot record this decision \(.*readonly.*\); it was not "
+                                          r"returned"):
+        log.verify_decision(_Decision(4), "alice")
+    log.close()
+
+
+def test_checkpoints_are_skipped_when_the_head_is_already_signed_and_witnessed_when_asked(tmp_path, caplog):
+    seen = []
+    log, signer, _ = _signed(tmp_path, 2)
+    assert log.checkpoint() is not None  # the head moved since the first
+    assert log.checkpoint() is None  # already checkpointed
+    forced = log.checkpoint(force=True)
+    assert forced["size"] == 2 and forced["head"] == log.records()[-1]["hash"] and forced["kid"] == signer.kid
+    assert _pyjwt_decode(forced["jws"], _pyjwt_keys(tmp_path / "k.json"))["size"] == 2
+    log.witness = lambda token: seen.append(token) or b"countersigned"
+    log.verify_decision(_Decision(2), "alice")
+    made = log.checkpoint()
+    assert seen == [made["jws"].encode()]
+
+    def failing(token):
+        raise OSError("witness unreachable")
+    log.witness = failing
+    log.verify_decision(_Decision(3), "alice")
+    with caplog.at_level(logging.ERROR, logger="mobidem.audit"):
+        assert log.checkpoint() is not None  # stands without its witness
+    assert "the audit checkpoint witness failed; checkpoint 4 stored without it" in caplog.text
+    assert [c["witness"] for c in log.checkpoints()] == [None, None, None, b"countersigned", None]
+    report = check(tmp_path / "audit.db", signer.trusted())
+    assert report.ok and report.checkpoints == 5 and report.witnessed == 1 and report.signed_records == 4
+    assert report.path == tmp_path / "audit.db" and report.signatures_checked
+    assert not check(tmp_path / "audit.db").signatures_checked
+    log.close()
+
+
+def test_a_witness_given_at_construction_is_used(tmp_path):
+    key_file = tmp_path / "k.json"
+    evidence_keys.create(key_file)
+    seen = []
+    log = AuditLog(tmp_path / "audit.db", signer=Signer.load(key_file), witness=lambda t: seen.append(t) or b"w")
+    log.checkpoint()
+    assert len(seen) == 1 and log.checkpoints()[0]["witness"] == b"w"
+    log.close()
+
+
+def test_the_purge_record_and_its_evidence_say_what_the_spec_lists(tmp_path):
+    log, signer, made = _signed(tmp_path, 3)
+    later = datetime.now(timezone.utc) + timedelta(days=10)
+    purged = log.purge(5 * 86400, now=later)
+    record = purged["record"]
+    assert purged["through_hash"] == made[-1]["hash"] and purged["through_seq"] == 3 and purged["count"] == 3
+    assert {k: record[k] for k in FIELDS if k != "time"} == {
+        "kind": "purge", "caller": "retention", "peer": "", "request_id": "", "identity_ids": "[]", "matched_id": "",
+        "decision": "purged", "distance": None, "threshold": 0.0, "operating_point": "", "far_target": None,
+        "embedder": "", "models": "[]"}
+    claims = _pyjwt_decode(record["evidence"], _pyjwt_keys(tmp_path / "k.json"))
+    assert jwt.get_unverified_header(record["evidence"])["typ"] == "mobidem-purge+jwt"
+    assert claims == {"iss": "mobidem", "jti": record["record_id"],
+                      "iat": int(datetime.fromisoformat(record["time"]).timestamp()), "time": record["time"],
+                      "kind": "purge", "through_seq": 3, "through_hash": made[-1]["hash"], "count": 3,
+                      "older_than": (later - timedelta(days=5)).isoformat(timespec="microseconds"),
+                      "retention_s": 5 * 86400, "audit": {"seq": 4, "prev_hash": made[-1]["hash"]}}
+    # every append-only trigger is back after the purge
+    log.checkpoint()
+    con = sqlite3.connect(tmp_path / "audit.db")
+    assert sorted(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")) == TRIGGER_NAMES
+    for table in ("audit", "evidence", "checkpoints"):
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            con.execute(f"DELETE FROM {table}")
+    con.close()
+    with pytest.raises(AuditError, match=r"purging needs the evidence signing key \(the purge record is signed\)"):
+        AuditLog(tmp_path / "audit.db").purge(0)
+    log.close()
+
+
+def test_purge_cuts_off_in_utc_whatever_the_hosts_zone(tmp_path, monkeypatch):
+    import time as _time
+    log, _, _ = _signed(tmp_path, 2)
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # UTC+9: a local-time cutoff would be 9 hours late
+    _time.tzset()
+    try:
+        assert log.purge(3600) is None  # records a moment old are not an hour old
+    finally:
+        monkeypatch.undo()
+        _time.tzset()
+    log.close()
+
+
+def test_a_purge_that_fails_half_way_leaves_every_record_and_a_log_that_verifies(tmp_path):
+    log, signer, made = _signed(tmp_path, 3)
+    con = sqlite3.connect(tmp_path / "audit.db")  # a fault while deleting (here: a trigger purge does not lift)
+    con.execute("CREATE TRIGGER fault BEFORE DELETE ON evidence BEGIN SELECT RAISE(ABORT, 'disk fault'); END")
+    con.commit()
+    con.close()
+    with pytest.raises(sqlite3.DatabaseError, match="disk fault"):
+        log.purge(0, now=datetime.now(timezone.utc) + timedelta(days=1))
+    assert [r["kind"] for r in log.records()] == ["verify"] * 3 + ["purge"]  # nothing deleted
+    report = check(tmp_path / "audit.db", signer.trusted())
+    assert report.ok, report.problems  # the purge names record 3, which is still there and unchanged
+    assert report.purged_through == 3
+    con = sqlite3.connect(tmp_path / "audit.db")
+    assert sorted(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'"
+                                            " AND name != 'fault'")) == TRIGGER_NAMES
+    con.close()
+    log.close()
+
+
+def test_verify_checks_signatures_against_the_keys_given(tmp_path):
+    log, signer, _ = _signed(tmp_path, 2)
+    other = tmp_path / "other.json"
+    evidence_keys.create(other)
+    assert log.verify(signer.trusted()) == 2
+    with pytest.raises(AuditError, match="not among the trusted keys"):
+        log.verify(Signer.load(other).trusted())
+    log.close()
+
+
+def _no_checkpoint_log(tmp_path, name, n=3, purge=False):
+    key_file = tmp_path / f"{name}.json"
+    evidence_keys.create(key_file)
+    log = AuditLog(tmp_path / f"{name}.db", ["m:1"], signer=Signer.load(key_file))
+    for i in range(n):
+        log.verify_decision(_Decision(i), "alice")
+    if purge:
+        log.purge(0, now=datetime.now(timezone.utc) + timedelta(days=1))
+    log.close()
+    return tmp_path / f"{name}.db"
+
+
+def test_records_and_purges_signed_by_an_untrusted_key_are_named(tmp_path):
+    evidence_keys.create(tmp_path / "ours.json")
+    ours = Signer.load(tmp_path / "ours.json").trusted()
+    problems = check(_no_checkpoint_log(tmp_path, "a"), ours).problems
+    assert problems[0].startswith("record 1: its evidence ") and "not among the trusted keys" in problems[0]
+    problems = check(_no_checkpoint_log(tmp_path, "b", purge=True), ours).problems
+    assert problems[0].startswith("record 4 (a purge): ") and "not among the trusted keys" in problems[0]
+
+
+def test_a_checkpoint_is_checked_for_its_key_its_type_and_its_columns(tmp_path):
+    log, signer, made = _signed(tmp_path, 3)
+    log.checkpoint()
+    log.checkpoint(force=True)
+    log.close()
+    other = tmp_path / "other.json"
+    evidence_keys.create(other)
+    problems = check(tmp_path / "audit.db", Signer.load(other).trusted()).problems
+    assert problems[0].startswith("checkpoint 1 (") and "not among the trusted keys" in problems[0]
+    # an evidence token put where a checkpoint belongs: the right key, the wrong type
+    _edit(tmp_path / "audit.db", ("UPDATE checkpoints SET jws = ? WHERE id = 1", (made[0]["evidence"],)))
+    report = check(tmp_path / "audit.db", signer.trusted())
+    assert report.problems[0].startswith("checkpoint 1 (") and report.problems[0].endswith(
+        "typ 'mobidem-evidence+jwt' is not 'mobidem-checkpoint+jwt'")
+    assert report.checkpoints == 2  # the others are still counted
+    _edit(tmp_path / "audit.db", ("UPDATE checkpoints SET size = size - 1 WHERE id = 2",))  # size alone edited
+    report = check(tmp_path / "audit.db", signer.trusted())
+    assert any(p.startswith("checkpoint 2 (") and p.endswith("was edited: its columns differ from what it signed")
+               for p in report.problems)
+    assert report.checkpoints == 1
+
+
+def test_a_log_cut_and_re_grown_is_found_and_equal_checkpoints_are_fine(tmp_path):
+    log, signer, made = _signed(tmp_path, 3)
+    log.checkpoint()
+    log.checkpoint(force=True)  # two checkpoints of the same head: fine
+    assert check(tmp_path / "audit.db", signer.trusted()).ok
+    token = signer.sign(evidence_checkpoints.claims(2, made[1]["hash"]), evidence_checkpoints.TYP)
+    _edit(tmp_path / "audit.db", ("INSERT INTO checkpoints (size, head, time, kid, jws) VALUES (2, ?, 't', ?, ?)",
+                                  (made[1]["hash"], signer.kid, token)))
+    problems = check(tmp_path / "audit.db", signer.trusted()).problems
+    assert problems == ["checkpoint 4 (t) covers 2 records, fewer than checkpoint 2 before it (3): the log was cut "
+                        "and re-grown"]
+    log.close()
+
+
+def test_a_log_from_before_evidence_still_verifies(tmp_path):
+    path = tmp_path / "audit.db"
+    _log(path, 3).close()
+    con = sqlite3.connect(path)
+    con.execute("DROP TABLE evidence")
+    con.execute("DROP TABLE checkpoints")
+    con.commit()
+    con.close()
+    report = check(path)
+    assert report.ok and report.records == 3 and report.checkpoints == 0 and report.uncovered == 3
+
+
+def test_not_an_audit_log(tmp_path):
+    sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE t (x)").connection.close()
+    assert check(tmp_path / "other.db").problems == [f"{tmp_path / 'other.db'} holds no audit table: not a mobidem "
+                                                     "audit log"]
+
+
+def test_an_unsigned_log_checked_with_keys_says_what_is_missing(tmp_path):
+    _log(tmp_path / "audit.db", 2).close()
+    assert check(tmp_path / "audit.db").ok
+    assert check(tmp_path / "audit.db", {}).problems == [
+        "the log has no checkpoint signed by a trusted key: its tail cannot be checked",
+        "no record carries evidence signed by a trusted key"]
+
+
+def test_a_log_signed_from_part_way_on(tmp_path):
+    """Records made before a signing key was configured carry no evidence; from the first signed one on,
+    every record must. A checkpoint still pins the unsigned part."""
+    path = tmp_path / "audit.db"
+    _log(path, 2).close()
+    evidence_keys.create(tmp_path / "k.json")
+    signer = Signer.load(tmp_path / "k.json")
+    log = AuditLog(path, ["m:1"], signer=signer)
+    log.checkpoint()
+    log.verify_decision(_Decision(0), "alice")
+    log.close()
+    report = check(path)
+    assert report.ok and report.signed_records == 1 and report.checkpointed == 2
+    assert check(path, signer.trusted()).problems[0] == \
+        "record 1 has no signed evidence (inserted without the signing key?)"
+    # record 1 edited and everything after re-chained by someone without the key: the checkpoint catches it
+    con = _open_unprotected(path)
+    con.row_factory = sqlite3.Row
+    rows = [dict(r) for r in con.execute("SELECT a.*, e.jws FROM audit a LEFT JOIN evidence e USING (seq) ORDER BY seq")]
+    rows[0]["decision"] = "no_match"
+    prev = "0" * 64
+    for r in rows:
+        r["prev_hash"], r["hash"] = prev, _chain_hash(prev, r, r["jws"])
+        con.execute("UPDATE audit SET decision = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                    (r["decision"], r["prev_hash"], r["hash"], r["seq"]))
+        prev = r["hash"]
+    con.commit()
+    con.close()
+    problems = check(path).problems
+    assert problems[0].startswith("record 2 is not the record checkpoint 1 (") and problems[0].endswith(
+        "signed: the log was rewritten up to there")
+
+
+def test_a_forged_unsigned_row_after_signed_ones_is_found_without_keys(tmp_path):
+    log, signer, _ = _signed(tmp_path, 2)
+    log.close()
+    con = _open_unprotected(tmp_path / "audit.db")
+    con.row_factory = sqlite3.Row
+    last = dict(con.execute("SELECT * FROM audit ORDER BY seq DESC LIMIT 1").fetchone())
+    row = dict(last, seq=3, request_id="forged", prev_hash=last["hash"])
+    row["hash"] = _chain_hash(last["hash"], row, None)
+    con.execute(f"INSERT INTO audit ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    con.commit()
+    con.close()
+    assert check(tmp_path / "audit.db").problems[0] == "record 3 has no signed evidence (inserted without the " \
+                                                       "signing key?)"
+
+
+@pytest.mark.parametrize("sql, message", [
+    ("DELETE FROM audit WHERE seq = 2",
+     "record 2 is missing (deleted): the log goes from record 1 to record 3"),
+    ("DELETE FROM audit WHERE seq <= 2",
+     "records 1..2 are missing: the log starts at record 3 and no signed purge record covers them"),
+    ("UPDATE audit SET prev_hash = hash WHERE seq = 1",
+     "record 1 does not follow the start of the log: its prev_hash is not the hash before it (a record was "
+     "inserted, deleted or reordered here)"),
+    ("UPDATE audit SET prev_hash = hash WHERE seq = 2",
+     "record 2 does not follow record 1: its prev_hash is not the hash before it (a record was inserted, deleted "
+     "or reordered here)"),
+])
+def test_each_kind_of_break_is_named(tmp_path, sql, message):
+    problems = check(_tampered(tmp_path, sql).path).problems
+    assert problems == [message]
+
+
+def test_a_record_removed_and_the_rest_renumbered_and_re_chained_is_found(tmp_path):
+    """Someone without the key deletes record 2, renumbers 3 and 4 and recomputes every hash: each
+    evidence still names the position it was signed at."""
+    log, signer, _ = _signed(tmp_path, 4)
+    log.close()
+    con = _open_unprotected(tmp_path / "audit.db")
+    con.row_factory = sqlite3.Row
+    con.execute("DELETE FROM audit WHERE seq = 2")
+    con.execute("DELETE FROM evidence WHERE seq = 2")
+    for seq in (3, 4):
+        con.execute("UPDATE audit SET seq = ? WHERE seq = ?", (seq - 1, seq))
+        con.execute("UPDATE evidence SET seq = ? WHERE seq = ?", (seq - 1, seq))
+    rows = [dict(r) for r in con.execute("SELECT a.*, e.jws FROM audit a JOIN evidence e USING (seq) ORDER BY seq")]
+    prev = "0" * 64
+    for r in rows:
+        r["prev_hash"], r["hash"] = prev, _chain_hash(prev, r, r["jws"])
+        con.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?", (r["prev_hash"], r["hash"], r["seq"]))
+        prev = r["hash"]
+    con.commit()
+    con.close()
+    problems = check(tmp_path / "audit.db").problems
+    assert problems == ["record 2 differs from its signed evidence (its position in the chain): edited and re-chained"]
+
+
+def test_an_edit_of_two_signed_fields_names_both(tmp_path):
+    log, signer, _ = _signed(tmp_path, 2)
+    log.close()
+    con = _open_unprotected(tmp_path / "audit.db")
+    con.row_factory = sqlite3.Row
+    rows = [dict(r) for r in con.execute("SELECT a.*, e.jws FROM audit a JOIN evidence e USING (seq) ORDER BY seq")]
+    rows[0].update(decision="no_match", distance=0.99)
+    prev = "0" * 64
+    for r in rows:
+        r["prev_hash"], r["hash"] = prev, _chain_hash(prev, r, r["jws"])
+        con.execute("UPDATE audit SET decision = ?, distance = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                    (r["decision"], r["distance"], r["prev_hash"], r["hash"], r["seq"]))
+        prev = r["hash"]
+    con.commit()
+    con.close()
+    problems = check(tmp_path / "audit.db").problems
+    assert problems == ["record 1 differs from its signed evidence (decision, distance): edited and re-chained"]
