@@ -183,7 +183,8 @@ def test_phone_formats_sizes_and_orientation(phone_checks, variant):
     the original's largest face is."""
     originals, checks = phone_checks["originals"], phone_checks[variant]
     assert originals["found"] >= 0.9 * originals["all"], originals
-    assert not checks["failures"], checks["failures"]
+    failures = checks["failures"]
+    assert not failures, f"{len(failures)} of {originals['found']} photos fail:\n" + "\n".join(failures[:12])
     assert checks["verified"] == originals["found"]
     if variant == "portrait-exif6-jpeg":
         assert checks["analysed"] == [(3024, 4032)] * originals["found"]
