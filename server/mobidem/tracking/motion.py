@@ -64,6 +64,10 @@ class _BoxFilter:
     def predict(self, t: float) -> np.ndarray:
         dt = max(0.0, t - self.t)
         if dt == 0.0:
+            # no time passed: the next correction starts from the current estimate (OpenCV's correct()
+            # reads statePre/errorCovPre, which only predict() writes: a fresh filter's are zeros)
+            self.kf.statePre = self.kf.statePost.copy()
+            self.kf.errorCovPre = self.kf.errorCovPost.copy()
             return _box(self.kf.statePost.ravel())
         size = float(max(self.kf.statePost[2:4].max(), 8.0))
         f = np.eye(8, dtype=np.float32)
