@@ -274,6 +274,8 @@ def _start_error(triton, tmp_path, **overrides) -> str:
     ({"face_plugins": "face_multitask,dlib_resnet"}, ["'face_multitask'", "'dlib_resnet'", "'embedding'"]),
     ({"detector": "face_multitask"}, ["'face_multitask'", "face plugin", "detector"]),
     ({"face_plugins": "blazeface"}, ["'blazeface'", "detector plugin", "face_plugins"]),
+    ({"detector_confirm": "face_multitask"}, ["'face_multitask'", "detector_confirm", "near given boxes"]),
+    ({"detector_confirm": "blazeface_full"}, ["'blazeface_full'", "detector_confirm", "near given boxes"]),
 ])
 def test_bad_configuration_fails_at_start(triton, tmp_path, overrides, words):
     message = _start_error(triton, tmp_path, **overrides)

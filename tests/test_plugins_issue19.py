@@ -329,14 +329,16 @@ def material():
         need(False, f"the demo material cannot be had here: {exc}")
 
 
-@pytest.mark.parametrize("name", ["centerface", "yunet"])
+@pytest.mark.parametrize("name", ["centerface", "yunet", "blazeface+yunet"])
 def test_demo_with_detector_plugin_no_face_in_the_cartoon(name, material, start_server, plugin_triton):
     """The demo's acceptance (issue 21) with this detector, tracked streams as the demo sends them: the man
     enrolled from his photo is recognised in his webcam video and in the clips' man part, and the cartoon
-    parts hold no face at all (BlazeFace finds one in the title lettering: tests/test_demo.py's xfail)."""
+    parts hold no face at all (BlazeFace alone finds one in the title lettering: tests/test_demo.py's xfail;
+    ``blazeface+yunet``: BlazeFace with YuNet confirming the faces it scores below 0.7, detector_confirm)."""
     from mobidem.client import video_frames
 
-    server = start_server(triton_url=plugin_triton.grpc_url, detector=name)
+    detector, _, confirm = name.partition("+")
+    server = start_server(triton_url=plugin_triton.grpc_url, detector=detector, detector_confirm=confirm)
     with server.client() as c:
         man = c.enroll("the man in single_face.jpg", [material.photo]).identity.id
         webcam = list(c.stream(video_frames(str(material.same_person_video))))

@@ -99,7 +99,7 @@ class MobidemServer:
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         # fails fast on a bad configuration
         plugins = PluginSet.from_config(s.detector, s.face_plugin_names, s.track_expression_plugin,
-                                        s.fallback_embedder.strip())
+                                        s.fallback_embedder.strip(), s.detector_confirm.strip())
         urls = s.triton_urls  # several: one pool of replicas (docs/SCALING.md)
         credentials = certs.triton_credentials(s.triton_tls_ca, s.triton_tls_cert, s.triton_tls_key)
         if not urls:
@@ -125,7 +125,9 @@ class MobidemServer:
         url = self.triton.url
         log.info("Triton %s, tensors via %s", url, ", ".join(
             "system shared memory" if use_shm(u) else "gRPC" for u in urls))
-        config = PipelineConfig(threads=s.image_threads, detect_max_side=s.detect_max_side)
+        config = PipelineConfig(threads=s.image_threads, detect_max_side=s.detect_max_side,
+                                confirm_below=s.detector_confirm_below if plugins.confirmer is not None else 0.0,
+                                confirm_min_score=s.detector_confirm_min_score)
         self.pipeline = Pipeline(self.triton, plugins, config, metrics=self.metrics)
         if not await self.triton.ready(self.pipeline.models):
             raise Unavailable(f"Triton at {url} is not ready with models {self.pipeline.models}")

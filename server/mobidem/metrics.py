@@ -29,6 +29,9 @@ class Metrics:
                                       ["reason"], registry=r)
         self.frames_failed = Counter("mobidem_frames_failed_total", "Stream frames that failed, by gRPC status code",
                                      ["code"], registry=r)
+        self.unconfirmed_faces = Counter("mobidem_faces_unconfirmed_total",
+                                         "Faces the detector was unsure of that the second detector did not find "
+                                         "(dropped)", registry=r)
         self.tracks_started = Counter("mobidem_tracks_started_total",
                                       "Face tracks started in tracked streams (splits included)", registry=r)
         self.track_splits = Counter("mobidem_track_splits_total",

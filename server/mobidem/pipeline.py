@@ -97,6 +97,10 @@ class PipelineConfig:
     # so its cost is bounded whatever the resolution (a 12-MP or 48-MP photo costs what a 2-MP one
     # does); chips are still cut from the full-resolution image (docs/PERFORMANCE.md, "Phone photos")
     detect_max_side: int = 2160  # every photo of the shared data (at most 2160 px) is detected as it is
+    # a face the detector scores below this counts only if the second detector (PluginSet.confirmer) also
+    # finds it, searching near its box: BlazeFace's false faces score low (docs/ACCURACY.md); 0: off
+    confirm_below: float = 0.0
+    confirm_min_score: float = 0.3  # the score the second detector's face needs to confirm one
 
 
 class FrameTracking(Protocol):
@@ -163,7 +167,22 @@ class Pipeline:
         else:
             found = await self.plugins.detector.detect(image, self)
         smallest = max(self.config.min_face_px, min_face_size)
-        return [d for d in found if min(d.width, d.height) >= smallest][: self.config.max_faces]
+        found = [d for d in found if min(d.width, d.height) >= smallest][: self.config.max_faces]
+        return await self._confirmed(image, found)
+
+    async def _confirmed(self, image: np.ndarray, found: list[Detection]) -> list[Detection]:
+        """``found`` without the faces scored below ``confirm_below`` that the second detector does not also
+        find near their boxes (its crops around them; a face it finds there overlaps the box)."""
+        confirmer, below = self.plugins.confirmer, self.config.confirm_below
+        unsure = [i for i, d in enumerate(found) if d.score < below]
+        if confirmer is None or not unsure:
+            return found
+        seen = await confirmer.detect_near(image, np.array([found[i].box for i in unsure], np.float64), self,
+                                           min_score=self.config.confirm_min_score)
+        dropped = {i for i, other in zip(unsure, seen) if other is None}
+        if dropped and self.metrics is not None:
+            self.metrics.unconfirmed_faces.inc(len(dropped))
+        return [d for i, d in enumerate(found) if i not in dropped]
 
     async def detect_near(self, image: np.ndarray, boxes: np.ndarray,
                           min_face_size: int = 0) -> list[Detection] | None:

@@ -104,8 +104,10 @@ class DetectorPlugin(Plugin):
         """Faces in an RGB uint8 image, best first."""
         raise NotImplementedError
 
-    async def detect_near(self, image: np.ndarray, boxes: np.ndarray, ctx: Context) -> list[Detection | None]:
-        """For each expected face box [N, 4] (x0, y0, x1, y1), the face found near it, or None."""
+    async def detect_near(self, image: np.ndarray, boxes: np.ndarray, ctx: Context,
+                          min_score: float | None = None) -> list[Detection | None]:
+        """For each expected face box [N, 4] (x0, y0, x1, y1), the face found near it, or None. ``min_score``:
+        the score a face needs (default: the plugin's own threshold; a confirmation may ask for less or more)."""
         raise NotImplementedError
 
 
@@ -167,13 +169,21 @@ class PluginSet:
     # a migration between embedders: the old embedder, run for enrolment and for identities that have no
     # template of the new one (mobidem.identity); never in streams. None: no migration
     fallback_embedder: FacePlugin | None = None
+    # a second detector that must also find a face the detector is unsure of (Pipeline.detect); None: off
+    confirmer: DetectorPlugin | None = None
 
     @classmethod
     def from_config(cls, detector: str, face_plugins: Sequence[str], track_expression: str = "",
-                    fallback_embedder: str = "") -> "PluginSet":
+                    fallback_embedder: str = "", confirm_detector: str = "") -> "PluginSet":
         det = load(detector)
         if not isinstance(det, DetectorPlugin):
             raise PluginError(f"plugin {detector!r} is a {det.kind} plugin; `detector` needs a detector plugin")
+        confirmer = None
+        if confirm_detector and confirm_detector != detector:
+            confirmer = load(confirm_detector)
+            if not isinstance(confirmer, DetectorPlugin) or not confirmer.detects_near:
+                raise PluginError(f"detector_confirm {confirm_detector!r} must be a detector plugin that searches "
+                                  "near given boxes (detects_near)")
         faces = []
         owner: dict[str, str] = {}
         for name in face_plugins:
@@ -204,11 +214,11 @@ class PluginSet:
             if fallback.models[0].name == load(primary).models[0].name:
                 raise PluginError(f"fallback_embedder {fallback_embedder!r} is the primary embedder's model; a fallback "
                                   "is another embedder (the one being migrated from)")
-        return cls(det, tuple(faces), tracking, fallback)
+        return cls(det, tuple(faces), tracking, fallback, confirmer)
 
     @property
     def plugins(self) -> tuple[Plugin, ...]:
-        extra = tuple(p for p in (self.track_expression, self.fallback_embedder) if p is not None)
+        extra = tuple(p for p in (self.track_expression, self.fallback_embedder, self.confirmer) if p is not None)
         return (self.detector, *self.face, *extra)
 
     @property

@@ -185,7 +185,8 @@ class BlazeFace(DetectorPlugin):
             found = [Detection(box, score, kps) for box, score, kps in merged]
         return found
 
-    async def detect_near(self, image: np.ndarray, boxes: np.ndarray, ctx: Context) -> list[Detection | None]:
+    async def detect_near(self, image: np.ndarray, boxes: np.ndarray, ctx: Context,
+                          min_score: float | None = None) -> list[Detection | None]:
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         if not len(boxes):
             return []
@@ -195,7 +196,8 @@ class BlazeFace(DetectorPlugin):
         results = []
         for i, ((x0, y0, _, _), lb) in enumerate(zip(regions, lbs)):
             found = [blazeface.shifted(d, x0, y0) for d in blazeface.decode(
-                out["regressors"][i], out["scores"][i], spec, lb, score_threshold=SHORT_PASS.score_threshold)]
+                out["regressors"][i], out["scores"][i], spec, lb,
+                score_threshold=SHORT_PASS.score_threshold if min_score is None else min_score)]
             results.append(best_near(found, boxes[i]))
         return results
 

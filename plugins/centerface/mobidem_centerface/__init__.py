@@ -103,9 +103,9 @@ class CenterFace(DetectorPlugin):
     def build_targets(self) -> list[Target]:
         return [Target("centerface", (SOURCE,), build_centerface)]
 
-    def _decode(self, out: dict[str, np.ndarray], i: int, size: tuple[int, int]):
+    def _decode(self, out: dict[str, np.ndarray], i: int, size: tuple[int, int], min_score: float | None = None):
         return decode(out["heatmap"][i], out["scale"][i], out["offset"][i], out["landmarks"][i], size,
-                      self.score_threshold)
+                      self.score_threshold if min_score is None else min_score)
 
     async def detect(self, image: np.ndarray, ctx: Context) -> list[Detection]:
         canvas, fitted = await ctx.run(anchorfree.fit, image, self.max_side)
@@ -113,7 +113,8 @@ class CenterFace(DetectorPlugin):
         boxes, scores, points = self._decode(out, 0, fitted.shape)
         return anchorfree.detections(boxes, scores, points, fitted.scale)
 
-    async def detect_near(self, image: np.ndarray, boxes: np.ndarray, ctx: Context) -> list[Detection | None]:
+    async def detect_near(self, image: np.ndarray, boxes: np.ndarray, ctx: Context,
+                          min_score: float | None = None) -> list[Detection | None]:
         from mobidem_builtin_plugins.blazeface import best_near
 
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
@@ -123,6 +124,6 @@ class CenterFace(DetectorPlugin):
         out = await ctx.infer(self.models[0].name, {"image": batch}, self.OUTPUTS)
         results = []
         for i, ((x0, y0, _, _), lb) in enumerate(zip(regions, lbs)):
-            found = anchorfree.detections(*self._decode(out, i, (NEAR_SIZE, NEAR_SIZE)))
+            found = anchorfree.detections(*self._decode(out, i, (NEAR_SIZE, NEAR_SIZE), min_score))
             results.append(best_near(anchorfree.from_letterbox(found, lb, x0, y0), boxes[i]))
         return results

@@ -137,7 +137,8 @@ class YuNet(DetectorPlugin):
         out = await ctx.infer(self.models[0].name, {"image": canvas[None]}, OUTPUTS)
         return anchorfree.detections(*decode(out, 0, fitted.shape, self.score_threshold), fitted.scale)
 
-    async def detect_near(self, image: np.ndarray, boxes: np.ndarray, ctx: Context) -> list[Detection | None]:
+    async def detect_near(self, image: np.ndarray, boxes: np.ndarray, ctx: Context,
+                          min_score: float | None = None) -> list[Detection | None]:
         from mobidem_builtin_plugins.blazeface import best_near
 
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
@@ -147,6 +148,7 @@ class YuNet(DetectorPlugin):
         out = await ctx.infer(self.models[0].name, {"image": batch}, OUTPUTS)
         results = []
         for i, ((x0, y0, _, _), lb) in enumerate(zip(regions, lbs)):
-            found = anchorfree.detections(*decode(out, i, (NEAR_SIZE, NEAR_SIZE), self.score_threshold))
+            found = anchorfree.detections(*decode(out, i, (NEAR_SIZE, NEAR_SIZE),
+                                                  self.score_threshold if min_score is None else min_score))
             results.append(best_near(anchorfree.from_letterbox(found, lb, x0, y0), boxes[i]))
         return results
