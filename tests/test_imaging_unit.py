@@ -319,8 +319,9 @@ def test_an_exif_thumbnail_inside_a_long_app1_is_not_the_image_size():
     """A phone JPEG's APP1 (EXIF, often > 255 bytes) holds a thumbnail with its own SOF; its 2-byte length
     (T.81 B.1.1.4) must skip all of it, so the bomb behind it is still seen."""
     thumb = _sof(0xC0, 160, 120)
-    app1 = _segment(0xE1, b"Exif\x00\x00" + bytes(100) + thumb + bytes(300))
-    assert len(app1) > 256 + 40
+    # the thumbnail lies past the first (length mod 256) bytes: read with one length byte, the scan lands on it
+    app1 = _segment(0xE1, b"Exif\x00\x00" + bytes(200) + thumb + bytes(300))
+    assert len(app1) - 2 > 256 and (len(app1) - 2) % 256 < 200
     data = b"\xff\xd8" + app1 + _sof(0xC0, 9000, 9000) + bytes(32)
     assert _encoded_size(data) == (9000, 9000)
     with pytest.raises(ResourceExhausted, match="9000x9000"):
@@ -371,6 +372,13 @@ def test_a_broken_heif_says_so():
         decode_encoded(good[:60])  # its container cut inside the meta box
     with pytest.raises(InvalidArgument, match=r"(?s)HEIF image could not be decoded \(\d+ bytes: .*send a complete file"):
         decode_encoded(good[:-30])  # its coded data cut short
+    # a sideways HEIF whose last 60 bytes (its EXIF among them) were zeroed in transfer: the container opens,
+    # the orientation cannot be read
+    sideways = _encode("HEIF", np.random.default_rng(1).integers(0, 255, (60, 90, 3), dtype=np.uint8), orientation=6)
+    zeroed = sideways[:-60] + bytes(60)
+    with pytest.raises(InvalidArgument, match=rf"(?s)^HEIF image could not be decoded \({len(zeroed)} bytes: "
+                                              r".*\); send a complete file$"):
+        decode_encoded(zeroed)
 
 
 def test_the_encoded_size_limit_is_inclusive_and_messages_name_the_bytes():
