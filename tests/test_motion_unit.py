@@ -203,3 +203,22 @@ def test_crowded_when_a_box_could_go_to_two_tracks_or_a_track_to_two_boxes():
     tracker.update([[0, 0, 10, 10], [100, 0, 110, 10]], 0.0)
     out, _ = tracker.update([[1, 0, 11, 10], [101, 0, 111, 10]], 0.0)
     assert [(a.track.key, a.crowded) for a in out] == [(1, False), (2, False)]
+
+
+def test_expected_lists_the_tracks_seen_within_the_window():
+    tracker = BoxTracker(lost_s=10.0)
+    tracker.update([[0, 0, 10, 10]], 4.0)
+    tracker.update([[0, 0, 10, 10], [100, 0, 110, 10]], 5.0)  # the first seen again, a second one new
+    tracker.update([[100, 0, 110, 10]], 5.5)
+    # at 6.0 within 1 s: the first (seen at 5.0, exactly 1 s ago) and the second
+    assert tracker.expected(6.0, within_s=1.0).tolist() == [[0, 0, 10, 10], [100, 0, 110, 10]]
+    assert tracker.expected(6.25, within_s=1.0).tolist() == [[100, 0, 110, 10]]
+    assert tracker.expected(7.0, within_s=1.0).shape == (0, 4)
+
+
+def test_a_second_box_overlapping_exactly_iou_min_makes_it_crowded():
+    third = 50 / 150
+    tracker = BoxTracker(iou_min=third)
+    tracker.update([[0, 0, 10, 10]], 0.0)
+    out, _ = tracker.update([[0, 0, 10, 10], [5, 0, 15, 10]], 0.0)
+    assert [(a.track.key, a.new, a.crowded) for a in out] == [(1, False, True), (2, True, False)]

@@ -124,7 +124,7 @@ class GalleryIndex:
         self._segments: dict[tuple[str, str], _Segment] = {}
         self._code_of: dict[str, int] = {}
         self._id_of: list[str] = []
-        self._templates_of: dict[int, int] = {}  # identity code -> total templates, all versions
+        self._enrolled: set[int] = set()  # codes of identities with templates, any version
         self._stale_cache: dict[tuple[str, str], frozenset[str]] = {}
 
     # -- building
@@ -167,8 +167,7 @@ class GalleryIndex:
                     if seg is None:
                         seg = self._segments[key] = _Segment(self.dim)
                     seg.append(embs, codes, [r.id for r in recs])
-                    for c in codes.tolist():
-                        self._templates_of[c] = self._templates_of.get(c, 0) + 1
+                    self._enrolled.update(codes.tolist())
                     total += len(recs)
                 self._stale_cache.clear()
             groups.clear()
@@ -191,7 +190,7 @@ class GalleryIndex:
             if code is None:
                 return 0
             n = sum(seg.remove_code(code) for seg in self._segments.values())
-            self._templates_of.pop(code, None)
+            self._enrolled.discard(code)
             self._stale_cache.clear()
             return n
 
@@ -200,7 +199,7 @@ class GalleryIndex:
 
     def identity_count(self) -> int:
         with self._lock:
-            return len(self._templates_of)
+            return len(self._enrolled)
 
     def model_versions(self) -> dict[tuple[str, str], int]:
         """Template count per (model_name, model_version)."""
@@ -231,10 +230,10 @@ class GalleryIndex:
         if cached is None:
             seg = self._segments.get(key)
             current = seg.members if seg is not None else {}
-            if len(current) == len(self._templates_of):
+            if len(current) == len(self._enrolled):
                 cached = frozenset()
             else:
-                cached = frozenset(self._id_of[c] for c in self._templates_of if c not in current)
+                cached = frozenset(self._id_of[c] for c in self._enrolled if c not in current)
             self._stale_cache[key] = cached
         return cached
 
@@ -255,6 +254,7 @@ class GalleryIndex:
         are listed in ``stale_identities``. ``max_distance`` drops matches farther than it.
         ``only``: search just these identities (a migration's fallback embedder searches the
         identities that have no template of the new one).
+        Equal distances keep enrolment order (stable sorts), so a result is reproducible.
         """
         check_metric(metric)
         q = np.asarray(embedding, dtype=np.float32).reshape(-1)
