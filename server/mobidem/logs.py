@@ -26,8 +26,6 @@ def client_id() -> str:
         return f"key:{name}"
     host = peer.get().rsplit(":", 1)[0] if peer.get().count(":") >= 2 else peer.get()
     return f"peer:{host}"
-# the authenticated caller's key name ("" when authentication is off)
-caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
 # time.monotonic() by which the current RPC must be answered (None: no deadline); Triton calls honour it
 deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
 
