@@ -430,6 +430,16 @@ def committed_section(path: str) -> str:
     return BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n"
 
 
+def publish(result: dict, docs: str) -> int:
+    """docs/detector_study.json and the generated section of docs/ACCURACY.md; prints the section."""
+    with open(os.path.join(docs, "detector_study.json"), "w") as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
+    write_section(os.path.join(docs, "ACCURACY.md"), render(result))
+    print(render(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=accuracy.DEFAULT_DATA)
@@ -467,12 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_write:
             print(render(result))
             return 0
-        with open(os.path.join(args.docs, "detector_study.json"), "w") as f:
-            json.dump(result, f, indent=1)
-            f.write("\n")
-        write_section(os.path.join(args.docs, "ACCURACY.md"), render(result))
-        print(render(result))
-        return 0
+        return publish(result, args.docs)
     if args.cache and os.path.exists(args.cache):
         found, cost, info = json.load(open(args.cache))
         if args.remeasure_cost or (args.remeasure_identity and "identity" not in info):
@@ -504,12 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=1))
         print(render(result))
         return 0
-    with open(os.path.join(args.docs, "detector_study.json"), "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
-    write_section(os.path.join(args.docs, "ACCURACY.md"), render(result))
-    print(render(result))
-    return 0
+    return publish(result, args.docs)
 
 
 if __name__ == "__main__":

@@ -172,6 +172,27 @@ def _chain_hash(prev, row, evidence):
     return hashlib.sha256((prev + json.dumps(body, sort_keys=True, separators=(",", ":"))).encode()).hexdigest()
 
 
+def _rechain(path, edits=None, *, left_join=False):
+    """Rewrite the log as a forger with write access would: apply ``edits`` (row index -> new values), then
+    recompute every ``prev_hash``/``hash`` so that the chain itself is consistent again."""
+    edits = edits or {}
+    con = _open_unprotected(path)
+    con.row_factory = sqlite3.Row
+    join = "LEFT JOIN" if left_join else "JOIN"
+    rows = [dict(r) for r in con.execute(f"SELECT a.*, e.jws FROM audit a {join} evidence e USING (seq) ORDER BY seq")]
+    for i, values in edits.items():
+        rows[i].update(values)
+    columns = [*sorted({c for values in edits.values() for c in values}), "prev_hash", "hash"]
+    prev = "0" * 64
+    for r in rows:
+        r["prev_hash"], r["hash"] = prev, _chain_hash(prev, r, r["jws"])
+        con.execute(f"UPDATE audit SET {', '.join(c + ' = ?' for c in columns)} WHERE seq = ?",
+                    (*(r[c] for c in columns), r["seq"]))
+        prev = r["hash"]
+    con.commit()
+    con.close()
+
+
 def _open_unprotected(path):
     con = sqlite3.connect(path)
     for t in ("audit", "evidence", "checkpoints"):
@@ -214,18 +235,7 @@ def test_a_forged_row_with_a_correct_hash_is_found(tmp_path):
 def test_an_edit_re_chained_by_someone_without_the_key_is_found(tmp_path):
     log, signer, _ = _signed(tmp_path, 4)
     log.close()
-    con = _open_unprotected(tmp_path / "audit.db")
-    con.row_factory = sqlite3.Row
-    rows = [dict(r) for r in con.execute("SELECT a.*, e.jws FROM audit a JOIN evidence e USING (seq) ORDER BY seq")]
-    rows[1]["distance"] = 0.9  # a match made to look like a far one, every later hash recomputed
-    prev = "0" * 64
-    for r in rows:
-        r["prev_hash"], r["hash"] = prev, _chain_hash(prev, r, r["jws"])
-        con.execute("UPDATE audit SET distance = ?, prev_hash = ?, hash = ? WHERE seq = ?",
-                    (r["distance"], r["prev_hash"], r["hash"], r["seq"]))
-        prev = r["hash"]
-    con.commit()
-    con.close()
+    _rechain(tmp_path / "audit.db", {1: {"distance": 0.9}})  # a match made to look like a far one
     problems = check(tmp_path / "audit.db", signer.trusted()).problems
     assert problems and problems[0].startswith("record 2 differs from its signed evidence (distance)")
 
@@ -585,18 +595,7 @@ def test_a_log_signed_from_part_way_on(tmp_path):
     assert check(path, signer.trusted()).problems[0] == \
         "record 1 has no signed evidence (inserted without the signing key?)"
     # record 1 edited and everything after re-chained by someone without the key: the checkpoint catches it
-    con = _open_unprotected(path)
-    con.row_factory = sqlite3.Row
-    rows = [dict(r) for r in con.execute("SELECT a.*, e.jws FROM audit a LEFT JOIN evidence e USING (seq) ORDER BY seq")]
-    rows[0]["decision"] = "no_match"
-    prev = "0" * 64
-    for r in rows:
-        r["prev_hash"], r["hash"] = prev, _chain_hash(prev, r, r["jws"])
-        con.execute("UPDATE audit SET decision = ?, prev_hash = ?, hash = ? WHERE seq = ?",
-                    (r["decision"], r["prev_hash"], r["hash"], r["seq"]))
-        prev = r["hash"]
-    con.commit()
-    con.close()
+    _rechain(path, {0: {"decision": "no_match"}}, left_join=True)
     problems = check(path).problems
     assert problems[0].startswith("record 2 is not the record checkpoint 1 (") and problems[0].endswith(
         "signed: the log was rewritten up to there")
@@ -646,14 +645,9 @@ def test_a_record_removed_and_the_rest_renumbered_and_re_chained_is_found(tmp_pa
     for seq in (3, 4):
         con.execute("UPDATE audit SET seq = ? WHERE seq = ?", (seq - 1, seq))
         con.execute("UPDATE evidence SET seq = ? WHERE seq = ?", (seq - 1, seq))
-    rows = [dict(r) for r in con.execute("SELECT a.*, e.jws FROM audit a JOIN evidence e USING (seq) ORDER BY seq")]
-    prev = "0" * 64
-    for r in rows:
-        r["prev_hash"], r["hash"] = prev, _chain_hash(prev, r, r["jws"])
-        con.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?", (r["prev_hash"], r["hash"], r["seq"]))
-        prev = r["hash"]
     con.commit()
     con.close()
+    _rechain(tmp_path / "audit.db")
     problems = check(tmp_path / "audit.db").problems
     assert problems == ["record 2 differs from its signed evidence (its position in the chain): edited and re-chained"]
 
@@ -661,17 +655,6 @@ def test_a_record_removed_and_the_rest_renumbered_and_re_chained_is_found(tmp_pa
 def test_an_edit_of_two_signed_fields_names_both(tmp_path):
     log, signer, _ = _signed(tmp_path, 2)
     log.close()
-    con = _open_unprotected(tmp_path / "audit.db")
-    con.row_factory = sqlite3.Row
-    rows = [dict(r) for r in con.execute("SELECT a.*, e.jws FROM audit a JOIN evidence e USING (seq) ORDER BY seq")]
-    rows[0].update(decision="no_match", distance=0.99)
-    prev = "0" * 64
-    for r in rows:
-        r["prev_hash"], r["hash"] = prev, _chain_hash(prev, r, r["jws"])
-        con.execute("UPDATE audit SET decision = ?, distance = ?, prev_hash = ?, hash = ? WHERE seq = ?",
-                    (r["decision"], r["distance"], r["prev_hash"], r["hash"], r["seq"]))
-        prev = r["hash"]
-    con.commit()
-    con.close()
+    _rechain(tmp_path / "audit.db", {0: {"decision": "no_match", "distance": 0.99}})
     problems = check(tmp_path / "audit.db").problems
     assert problems == ["record 1 differs from its signed evidence (decision, distance): edited and re-chained"]
