@@ -269,6 +269,25 @@ def test_size_factor_saturates_at_full_size():
     assert quality.size_factor(np.array([0, 0, 300, 300])) == 1.0
 
 
+def test_size_factor_of_a_box_away_from_the_origin():
+    """Found by the mutation run (docs/TESTING.md): the sides are x2 - x1 and y2 - y1 wherever the box is,
+    whichever is the shorter; an empty (inverted) box scores 0, as each factor is in [0, 1]."""
+    assert quality.size_factor(np.array([200, 300, 240, 390])) == pytest.approx(0.4)  # width 40, height 90
+    assert quality.size_factor(np.array([200, 300, 290, 330])) == pytest.approx(0.3)  # width 90, height 30
+    assert quality.size_factor(np.array([300, 300, 290, 330])) == 0.0  # x2 < x1: no face, not a negative factor
+
+
+def test_frontality_is_relative_to_the_eye_distance_and_stays_in_range():
+    """Found by the mutation run: frontality depends on the offset relative to the eye distance, so a
+    face scaled down to sub-pixel coordinates scores the same; coincident eyes (no eye line) get the
+    floor, 0.05, never more than 1."""
+    right, left = (40.0, 50.0), (80.0, 50.0)
+    for scale in (1.0, 0.01):
+        keypoints = np.array([right, left, (70.0, 70.0)]) * scale  # eye distance 40 px, then 0.4 px
+        assert quality.frontality(keypoints) == pytest.approx(0.5)
+    assert quality.frontality(np.array([(50.0, 50.0), (50.0, 50.0), (50.0, 70.0)])) == pytest.approx(0.05)
+
+
 def test_blur_lowers_sharpness(faces):
     import cv2
 
