@@ -253,3 +253,67 @@ def test_the_keys_file_layout(tmp_path):
         auth.read_keys(tmp_path / "absent.yaml")
     assert "No such file or directory" in str(info.value) and "absent.yaml" in str(info.value)
     assert len({auth.new_key() for _ in range(3)}) == 3 and len(auth.new_key()) == 47
+
+
+def test_keys_file_entries_need_a_name_and_role_lists_may_have_empty_items(tmp_path):
+    """Found by the mutation run: an entry without a name is refused (not stored under a made-up name), and
+    `--roles stream,analyze,` (a trailing or doubled comma) means the roles named, as typed by hand."""
+    path = tmp_path / "keys.yaml"
+    path.write_text("keys: [{sha256: " + "a" * 64 + ", roles: [admin]}]")
+    with pytest.raises(InvalidArgument, match=r"keys\[0\]: name must be 1-64"):
+        auth.read_keys(path)
+    assert auth.parse_roles("stream,,analyze, ") == ("stream", "analyze")
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path, monkeypatch):
+    """Found by the mutation run: the keys file is replaced atomically (docs/SECURITY.md). The temporary
+    file is made beside it (a rename is atomic only within one file system), never in the system's
+    temporary folder, and a write that fails raises its own error, keeps the old file, and leaves no
+    temporary file behind."""
+    import tempfile
+
+    path = tmp_path / "keys.yaml"
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
+    auth.add_key(path, "a", "verify")  # the system's temporary folder is never used
+    before = path.read_bytes()
+    with pytest.raises(Exception, match="cannot represent"):  # yaml's RepresenterError, not a TypeError
+        auth.write_keys(path, [auth.ApiKey("b", "0" * 64, (object(),))])
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["keys.yaml"], "a temporary file was left"
+
+
+def test_created_is_utc_whatever_the_local_time_zone(tmp_path, monkeypatch):
+    """Found by the mutation run: `created` ends in Z, so it is UTC even where the local zone is not."""
+    import calendar
+
+    monkeypatch.setenv("TZ", "UTC-09:00")  # POSIX: nine hours ahead of UTC
+    time.tzset()
+    try:
+        auth.add_key(tmp_path / "keys.yaml", "a", "verify")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    created = auth.read_keys(tmp_path / "keys.yaml")[0].created
+    assert abs(calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ")) - time.time()) < 120, created
+
+
+def test_the_server_rereads_within_about_2_s_and_logs_a_malformed_file(tmp_path, caplog):
+    """Found by the mutation run (docs/SECURITY.md, "Keys"): the server's store (default settings) re-reads
+    the file within about 2 s of a change; a missing file's error names it; a malformed file keeps the last
+    good keys and logs an error that says why and that the previous keys are kept."""
+    path = tmp_path / "keys.yaml"
+    with pytest.raises(InvalidArgument) as info:
+        auth.KeyStore(path)
+    assert str(path) in str(info.value) and "does not exist" in str(info.value)
+    first = auth.add_key(path, "first", "verify")
+    store = auth.KeyStore(path)
+    second = auth.add_key(path, "second", "stream")
+    store._checked = time.monotonic() - 2.1  # 2.1 s since the last look
+    assert store.lookup(second).name == "second"
+    path.write_text("keys: [")
+    store._checked = time.monotonic() - 2.1
+    with caplog.at_level("ERROR"):
+        assert store.lookup(first).name == "first"
+    [record] = [r for r in caplog.records if r.name.startswith("mobidem")]
+    assert record.levelname == "ERROR" and record.name == "mobidem.auth"
+    assert "keeping the previous keys" in record.getMessage() and "not YAML/JSON" in record.getMessage()
