@@ -1,5 +1,6 @@
-"""Identity decisions as pure logic: IdentityService.match and point over a real SQLite gallery with
-embeddings placed at known distances, against a calibration with two operating points. The decisions
+"""Identity decisions as pure logic: IdentityService.match, match_face (a migration's fallback embedder
+too) and point over a real SQLite gallery with embeddings placed at known distances, against
+calibrations with two operating points. The decisions
 through Triton and real photos are in test_gallery_e2e.py; these run in milliseconds, so the mutation
 run (`make mutants`, docs/TESTING.md) can use them."""
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from mobidem.calibration import Calibration, OperatingPoint
-from mobidem.errors import InvalidArgument
+from mobidem.errors import FailedPrecondition, InvalidArgument
 from mobidem.gallery import Gallery, TemplateIn
 from mobidem.identity import Evidence, IdentityService
 from mobidem.metrics import Metrics
@@ -128,3 +129,91 @@ def test_a_new_service_has_no_version_yet_and_keeps_its_audit_log(world):
     audit = object()
     fresh = IdentityService(s.gallery, s.pipeline, CAL, audit=audit)
     assert fresh.model_version == "" and fresh.audit is audit
+
+
+def test_a_decision_names_its_embedder_and_enrolment_photos_are_not_kept_by_default(world):
+    """Found by the mutation run: every decision names the embedder that took it (module docstring), and
+    keep_enrolment_images is off by default (docs/SECURITY.md, "Kept enrolment photos")."""
+    m = world.service.match(at(world.base, 0.1, 1), top_k=1)
+    assert m.known and m.embedder == f"{MODEL}:{VERSION}"
+    assert world.service.keep_enrolment_images is False
+
+
+# -- a migration (fallback_embedder): written from the module docstring, over a real gallery
+
+SFACE = "sface"
+S_STRICT, S_LOOSE = 0.30, 0.40  # the fallback's own thresholds, in its own metric (1 - cosine)
+CAL_SFACE = Calibration(SFACE, "1", "test pairs", {"far_1e-3": point("far_1e-3", 1e-3, S_STRICT),
+                                                    "far_1e-2": point("far_1e-2", 1e-2, S_LOOSE)}, metric="cosine")
+
+
+def unit_at_cosine(distance, axis=1):
+    """A unit vector whose cosine distance (1 - cosine similarity) from e0 is ``distance``."""
+    v = np.zeros(128, np.float32)
+    v[0], v[axis] = 1.0 - distance, np.sqrt(1.0 - (1.0 - distance) ** 2)
+    return v
+
+
+@pytest.fixture()
+def migration(tmp_path):
+    """dlib (primary, Euclidean) and SFace (fallback, cosine). Ada has templates of both; Dan, enrolled
+    before the migration, SFace only; Cy a template of an old dlib version only (neither can compare him)."""
+    base = np.zeros(128, np.float32)
+    base[0] = 1.0
+    gallery = Gallery.open(str(tmp_path / "gallery.db"))
+    ada = gallery.enroll(None, "Ada", {}, [TemplateIn(base, MODEL, VERSION),
+                                           TemplateIn(unit_at_cosine(0.05, 2), SFACE, "1")]).identity.id
+    dan = gallery.enroll(None, "Dan", {}, [TemplateIn(unit_at_cosine(0.1, 3), SFACE, "1")]).identity.id
+    gallery.enroll(None, "Cy", {}, [TemplateIn(base, MODEL, "0")])
+    fallback = SimpleNamespace(models=[SimpleNamespace(name=SFACE)])
+    pipeline = SimpleNamespace(embedder=object(), embedder_model=MODEL,
+                               plugins=SimpleNamespace(fallback_embedder=fallback))
+    service = IdentityService(gallery, pipeline, CAL, fallback_points=CAL_SFACE)
+    service.model_version = VERSION
+    service.fallback.version = "1"  # learnt from Triton at start (app.py)
+    yield SimpleNamespace(service=service, gallery=gallery, base=base, ada=ada, dan=dan, pipeline=pipeline)
+    gallery.close()
+
+
+def face(dlib, sface):
+    return SimpleNamespace(embeddings={MODEL: dlib, SFACE: sface})
+
+
+def test_the_fallback_decides_only_for_identities_without_a_primary_template(migration):
+    """Dan has no dlib template: the SFace templates decide, among the identities without a primary template
+    only (Ada's SFace template is nearer the probe, but Ada is decided by dlib), at SFace's own threshold in
+    cosine distance, and the decision names SFace. Cy could be compared by neither: one stale identity."""
+    s = migration.service
+    assert [e.model_name for e in s.embedders] == [MODEL, SFACE]
+    m = s.match_face(face(at(migration.base, 0.9, 1), unit_at_cosine(0.0)), top_k=3)
+    assert (m.known, m.identity_id, m.display_name) == (True, migration.dan, "Dan")
+    assert m.embedder == f"{SFACE}:1" and m.threshold == S_STRICT and m.operating_point == "far_1e-3"
+    assert m.distance == pytest.approx(0.1, abs=1e-5)  # cosine; the Euclidean distance would be 0.447
+    assert [c[0] for c in m.candidates] == [migration.dan] and m.stale_identities == 1
+    loose = s.match_face(face(at(migration.base, 0.9, 1), unit_at_cosine(0.0)), top_k=3, operating_point="far_1e-2")
+    assert loose.threshold == S_LOOSE and loose.operating_point == "far_1e-2"
+    # the gallery is told SFace's metric, for callers that do not pass one (the liveness ceremony's 1:1)
+    assert migration.gallery.distance_to_identity(unit_at_cosine(0.0), migration.dan, SFACE, "1") == \
+        pytest.approx(0.1, abs=1e-5)
+
+
+def test_when_both_embedders_match_the_one_further_inside_its_threshold_wins(migration):
+    s = migration.service
+    # dlib: Ada at 0.45 of 0.50 (0.9 of the way); SFace: Dan at 0.1 of 0.30 (a third): Dan
+    m = s.match_face(face(at(migration.base, 0.45, 1), unit_at_cosine(0.0)), top_k=1)
+    assert (m.identity_id, m.embedder) == (migration.dan, f"{SFACE}:1")
+    # dlib: Ada at 0.20 of 0.50 (0.4); SFace: Dan at 0.15 of 0.30 (0.5): Ada, decided by dlib, although
+    # Dan's distance is the smaller number (the two metrics' distances are never compared)
+    probe_s = unit_at_cosine(1 - 0.85 / 0.9, 4)  # cosine 0.85 with Dan's template (0.9 with e0)
+    m = s.match_face(face(at(migration.base, 0.20, 1), probe_s), top_k=1)
+    assert (m.identity_id, m.embedder) == (migration.ada, f"{MODEL}:{VERSION}")
+    assert s.match_face(face(at(migration.base, 0.9, 1), probe_s), top_k=1).distance == pytest.approx(0.15, abs=1e-5)
+
+
+def test_a_fallback_embedder_and_its_calibration_come_together(migration):
+    s = migration.service
+    with pytest.raises(FailedPrecondition, match="fallback embedder needs its own calibration"):
+        IdentityService(s.gallery, migration.pipeline, CAL)
+    plain = SimpleNamespace(embedder=object(), embedder_model=MODEL, plugins=SimpleNamespace())
+    with pytest.raises(FailedPrecondition, match="calibration a fallback"):
+        IdentityService(s.gallery, plain, CAL, fallback_points=CAL_SFACE)
