@@ -139,6 +139,14 @@ def test_a_decision_names_its_embedder_and_enrolment_photos_are_not_kept_by_defa
     assert world.service.keep_enrolment_images is False
 
 
+def test_without_a_fallback_match_face_is_the_primary_match(world):
+    """Found by the mutation run: with no fallback embedder, a face's 1:N is the primary embedder's alone,
+    stale identities (Cy's other version) reported, not searched with an embedder that is not there."""
+    probe = at(world.base, 0.1, 1)
+    m = world.service.match_face(SimpleNamespace(embeddings={MODEL: probe}), top_k=1)
+    assert (m.known, m.identity_id, m.embedder, m.stale_identities) == (True, world.ada, f"{MODEL}:{VERSION}", 1)
+
+
 # -- a migration (fallback_embedder): written from the module docstring, over a real gallery
 
 SFACE = "sface"
