@@ -288,6 +288,33 @@ def test_frontality_is_relative_to_the_eye_distance_and_stays_in_range():
     assert quality.frontality(np.array([(50.0, 50.0), (50.0, 50.0), (50.0, 70.0)])) == pytest.approx(0.05)
 
 
+def checkerboard(side, level):
+    """An RGB chip of 1-px squares of 0 and ``level``: the 4-neighbour Laplacian is +-4 x level at every
+    pixel, so its variance is 16 x level^2."""
+    grey = ((np.indices((side, side)).sum(axis=0) % 2) * level).astype(np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def test_sharpness_is_the_laplacian_variance_of_the_centre_mapped_to_v_over_v_plus_10():
+    """Written from the module docstring: the variance v of the Laplacian of the chip's grey centre,
+    mapped to v / (v + 10); a 2-D grey chip is taken as it is; texture only at the chip's edge does not
+    count. face_quality is the product of the three factors."""
+    flat = np.full((150, 150, 3), 128, np.uint8)
+    assert quality.sharpness(flat) == 0.0
+    assert quality.sharpness(checkerboard(150, 1)) == pytest.approx(16 / 26)  # v = 16
+    assert quality.sharpness(checkerboard(150, 2)) == pytest.approx(64 / 74)  # v = 64
+    assert quality.sharpness(checkerboard(150, 2)[:, :, 0]) == pytest.approx(64 / 74)
+    red = checkerboard(150, 10) * np.array([1, 0, 0], np.uint8)  # the chip is RGB: grey = 0.299 x 10 -> 3
+    assert quality.sharpness(red) == pytest.approx(144 / 154)  # v = 16 x 3^2 (as blue it would be 1: v = 16)
+    framed = checkerboard(150, 50)
+    framed[15:135, 15:135] = 128  # texture only in a 15-px frame (a tenth of the side)
+    assert quality.sharpness(framed) == 0.0
+    right, left, nose = (40.0, 50.0), (80.0, 50.0), (70.0, 70.0)  # frontality 0.5
+    box = np.array([200, 300, 250, 390])  # shorter side 50: size 0.5
+    assert quality.face_quality(checkerboard(150, 1), np.array([right, left, nose]), box) == \
+        pytest.approx(0.5 * 0.5 * 16 / 26)
+
+
 def test_blur_lowers_sharpness(faces):
     import cv2
 
