@@ -15,6 +15,16 @@ distractors with noise added (synthetic, so that recall is measured where the ga
 - HNSW: ``faiss.IndexHNSWFlat`` (M=16, efConstruction=40 by default: its build is the slow part on 2 shared
   cores), efSearch 64 and 128; recall@1 is the share of probes
   whose nearest template is the exact search's nearest.
+- IVF (``--methods ...,ivf``): ``faiss.IndexIVFFlat`` (or ``--ivf-kind fp16``: ``IndexIVFScalarQuantizer``
+  QT_fp16, half the memory), nlist = 2 sqrt(N) lists (k-means for FAISS's usual 4 sqrt(N) costs ~4x longer,
+  beyond what 2 shared cores build at 10 M in a session); its coarse quantizer is an HNSW graph over the
+  centroids (FAISS's recipe for many lists: assigning 10 M vectors to 12,649 centroids by brute force is
+  ~40 min of BLAS on 2 shared cores); k-means trained on a sample of 20 points per list, 10 iterations;
+  nprobe swept. Supports ``add_with_ids`` / ``remove_ids``, which a gateway following the change log needs.
+
+At 10 M the templates alone are 5.1 GB of float32: the gallery is generated straight into the exact index
+(its segment sized once, instead of the gateway's doubling, whose transient old+new copy would not fit
+beside the other structures in this machine's memory), and the later indexes read that same matrix.
 
 Latency is one probe at a time on this machine (2 cores, shared), p50/p99 over ``--queries`` probes.
 Memory: the process's resident size grown by each structure. Load time: ``Gallery.from_url`` on a PostgreSQL
@@ -85,16 +95,15 @@ async def real_embeddings() -> tuple[np.ndarray, list[str]]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def distractors(real: np.ndarray, n: int, rng) -> np.ndarray:
+def distractors(real: np.ndarray, n: int, rng, chunk: int = 500_000):
+    """``n`` synthetic templates in float32 chunks (a Gaussian fitted to the real ones), never all at once."""
     mean = real.mean(0)
     cov = np.cov(real, rowvar=False)
     cov = 0.7 * cov + 0.3 * np.diag(np.diag(cov))
-    out = np.empty((n, real.shape[1]), np.float32)
-    chol = np.linalg.cholesky(cov + 1e-9 * np.eye(len(cov)))
-    for i in range(0, n, 1_000_000):
-        m = min(1_000_000, n - i)
-        out[i:i + m] = mean + rng.standard_normal((m, real.shape[1]), dtype=np.float32) @ chol.T.astype(np.float32)
-    return out
+    chol = np.linalg.cholesky(cov + 1e-9 * np.eye(len(cov))).T.astype(np.float32)
+    for i in range(0, n, chunk):
+        m = min(chunk, n - i)
+        yield mean.astype(np.float32) + rng.standard_normal((m, real.shape[1]), dtype=np.float32) @ chol
 
 
 def timed(fn, queries) -> tuple[list, list[float]]:
@@ -152,77 +161,139 @@ def load_postgres(gallery: np.ndarray, ids: list[str]) -> dict:
 
 
 def run(size: int, real: np.ndarray, people: list[str], n_queries: int, with_pg: bool, rng, m: int = 16,
-        ef_construction: int = 40, ef_search=(64, 128)) -> dict:
+        ef_construction: int = 40, ef_search=(64, 128), methods=frozenset({"exact32", "exact16", "hnsw"}),
+        ivf_kind: str = "flat", nprobes=(8, 32, 128, 512), nlist_factor: float = 2.0) -> dict:
     import faiss
 
-    from mobidem.gallery.index import GalleryIndex
+    from mobidem.gallery.index import GalleryIndex, _Segment
 
     first = {}
     for i, p in enumerate(people):
         first.setdefault(p, i)
     enrolled = sorted(first.values())
     probes_real = [i for i in range(len(people)) if i not in set(enrolled)]
-    gallery = np.concatenate([real[enrolled], distractors(real, size - len(enrolled), rng)])
     ids = [f"p{i:09d}" for i in range(size)]
+    dim = real.shape[1]
+    result = {"size": size}
+
+    gc.collect()
+    before = rss_mb()
+    if "exact32" in methods:
+        # The gateway's exact index, filled chunk by chunk; its one segment sized once (see the docstring).
+        index = GalleryIndex(dim=dim)
+        seg = index._segments[(MODEL, VERSION)] = _Segment(dim, capacity=size)
+        t = time.perf_counter()
+        _bulk(index, real[enrolled], ids, 0)
+        row = len(enrolled)
+        for chunk in distractors(real, size - len(enrolled), rng):
+            _bulk(index, chunk, ids, row)
+            row += len(chunk)
+        result["exact32_fill_s"] = round(time.perf_counter() - t, 1)
+        result["exact32_rss_mb"] = round(rss_mb() - before)
+        gallery = seg.emb[:size]  # the same matrix, read by the other indexes
+    else:
+        gallery = np.empty((size, dim), np.float32)
+        gallery[:len(enrolled)] = real[enrolled]
+        row = len(enrolled)
+        for chunk in distractors(real, size - len(enrolled), rng):
+            gallery[row:row + len(chunk)] = chunk
+            row += len(chunk)
     # probes: the real photos not enrolled, then distractors with noise (a tenth of their spread)
     spread = float(np.std(gallery[len(enrolled):len(enrolled) + 10000]))
     picks = rng.integers(len(enrolled), size, n_queries)  # synthetic probes, beside the real ones
-    synth = gallery[picks] + rng.normal(0, spread * 0.3, (len(picks), gallery.shape[1])).astype(np.float32)
+    synth = gallery[picks] + rng.normal(0, spread * 0.3, (len(picks), dim)).astype(np.float32)
     queries = np.concatenate([real[probes_real], synth]).astype(np.float32)
-    result = {"size": size, "queries": len(queries), "real_probes": len(probes_real)}
+    result.update({"queries": len(queries), "real_probes": len(probes_real)})
 
-    gc.collect()
-    before = rss_mb()
-    index = GalleryIndex(dim=gallery.shape[1])
-    _bulk(index, gallery, ids)
-    result["exact32_rss_mb"] = round(rss_mb() - before)
-    exact, times = timed(lambda q: index.search(q, k=1, model_name=MODEL, model_version=VERSION).matches[0].identity_id,
-                         queries)
-    exact_rows = [int(i[1:]) for i in exact]
-    result["exact32_ms"] = (round(pct(times, 50), 1), round(pct(times, 99), 1))
-    truth = [people[i] for i in probes_real]
-    hits = sum(1 for j, p in zip(exact_rows, truth) if j < len(enrolled) and people[enrolled[j]] == p)
-    result["rank1_real"] = f"{hits}/{len(truth)}"
-    del index
-    gc.collect()
+    if "exact32" in methods:
+        exact, times = timed(lambda q: index.search(q, k=1, model_name=MODEL, model_version=VERSION)
+                             .matches[0].identity_id, queries)
+        exact_rows = np.asarray([int(i[1:]) for i in exact])
+        result["exact32_ms"] = (round(pct(times, 50), 1), round(pct(times, 99), 1))
+        truth = [people[i] for i in probes_real]
+        hits = sum(1 for j, p in zip(exact_rows, truth) if j < len(enrolled) and people[enrolled[j]] == p)
+        result["rank1_real"] = f"{hits}/{len(truth)}"
+        del index, seg, exact  # the matrix lives on in `gallery`
+        gc.collect()
+    if not with_pg:
+        del ids
 
-    before = rss_mb()
-    flat16 = faiss.IndexScalarQuantizer(gallery.shape[1], faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_L2)
-    flat16.add(gallery)  # every template compared, each stored as float16
-    result["exact16_rss_mb"] = round(rss_mb() - before)
-    got, times = timed(lambda q: int(flat16.search(q[None], 1)[1][0, 0]), queries)
-    result["exact16_ms"] = (round(pct(times, 50), 1), round(pct(times, 99), 1))
-    result["exact16_recall1"] = round(float(np.mean(np.asarray(got) == np.asarray(exact_rows))), 4)
-    del flat16
-    gc.collect()
+    if "exact16" in methods:
+        before = rss_mb()
+        flat16 = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_L2)
+        flat16.add(gallery)  # every template compared, each stored as float16
+        result["exact16_rss_mb"] = round(rss_mb() - before)
+        got, times = timed(lambda q: int(flat16.search(q[None], 1)[1][0, 0]), queries)
+        result["exact16_ms"] = (round(pct(times, 50), 1), round(pct(times, 99), 1))
+        result["exact16_recall1"] = round(float(np.mean(np.asarray(got) == exact_rows)), 4)
+        del flat16
+        gc.collect()
+        print(json.dumps(result), flush=True)
 
-    before = rss_mb()
-    hnsw = faiss.IndexHNSWFlat(gallery.shape[1], m)
-    hnsw.hnsw.efConstruction = ef_construction
-    t = time.perf_counter()
-    hnsw.add(gallery)
-    result["hnsw_build_s"] = round(time.perf_counter() - t, 1)
-    result["hnsw_rss_mb"] = round(rss_mb() - before)
-    result["hnsw_bytes_mb"] = round(len(faiss.serialize_index(hnsw)) / 2**20)  # vectors + links, as stored
-    result["hnsw"] = {"M": m, "efConstruction": ef_construction}
-    for ef in ef_search:
-        hnsw.hnsw.efSearch = ef
-        got, times = timed(lambda q: int(hnsw.search(q[None], 1)[1][0, 0]), queries)
-        result[f"hnsw_ef{ef}_ms"] = (round(pct(times, 50), 2), round(pct(times, 99), 2))
-        result[f"hnsw_ef{ef}_recall1"] = round(float(np.mean(np.asarray(got) == np.asarray(exact_rows))), 4)
-    del hnsw
-    gc.collect()
+    if "ivf" in methods:
+        nlist = int(round(nlist_factor * np.sqrt(size)))
+        before = rss_mb()
+        quantizer = faiss.IndexHNSWFlat(dim, 32)  # assigns vectors to lists; exactness is not needed here
+        quantizer.hnsw.efConstruction = 40
+        if ivf_kind == "flat":
+            ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
+        else:
+            ivf = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_fp16,
+                                                faiss.METRIC_L2)
+        ivf.cp.niter = 10
+        ivf.cp.max_points_per_centroid = 20
+        sample = gallery[np.sort(rng.choice(size, min(size, 20 * nlist), replace=False))]
+        t = time.perf_counter()
+        ivf.train(sample)  # k-means (FAISS's Clustering), then the HNSW over the centroids
+        result["ivf_train_s"] = round(time.perf_counter() - t, 1)
+        del sample
+        t = time.perf_counter()
+        for i in range(0, size, 1_000_000):
+            ivf.add(gallery[i:i + 1_000_000])  # ids = row numbers (add_with_ids / remove_ids for a change log)
+        result["ivf_add_s"] = round(time.perf_counter() - t, 1)
+        result["ivf_rss_mb"] = round(rss_mb() - before)
+        code = dim * (4 if ivf_kind == "flat" else 2)
+        result["ivf_bytes_mb"] = round((size * (code + 8) + nlist * dim * 4) / 2**20)  # lists + ids + centroids
+        result["ivf"] = {"kind": ivf_kind, "nlist": nlist, "nprobe": list(nprobes), "quantizer": "HNSW32",
+                         "kmeans_sample": min(size, 20 * nlist), "kmeans_iter": 10}
+        for nprobe in nprobes:
+            ivf.nprobe = nprobe
+            quantizer.hnsw.efSearch = max(64, 2 * nprobe)
+            got, times = timed(lambda q: int(ivf.search(q[None], 1)[1][0, 0]), queries)
+            result[f"ivf_np{nprobe}_ms"] = (round(pct(times, 50), 2), round(pct(times, 99), 2))
+            result[f"ivf_np{nprobe}_recall1"] = round(float(np.mean(np.asarray(got) == exact_rows)), 4)
+            print(nprobe, result[f"ivf_np{nprobe}_ms"], result[f"ivf_np{nprobe}_recall1"], flush=True)
+        del ivf, quantizer
+        gc.collect()
+
+    if "hnsw" in methods:
+        before = rss_mb()
+        hnsw = faiss.IndexHNSWFlat(dim, m)
+        hnsw.hnsw.efConstruction = ef_construction
+        t = time.perf_counter()
+        hnsw.add(gallery)
+        result["hnsw_build_s"] = round(time.perf_counter() - t, 1)
+        result["hnsw_rss_mb"] = round(rss_mb() - before)
+        result["hnsw_bytes_mb"] = round(len(faiss.serialize_index(hnsw)) / 2**20)  # vectors + links, as stored
+        result["hnsw"] = {"M": m, "efConstruction": ef_construction}
+        for ef in ef_search:
+            hnsw.hnsw.efSearch = ef
+            got, times = timed(lambda q: int(hnsw.search(q[None], 1)[1][0, 0]), queries)
+            result[f"hnsw_ef{ef}_ms"] = (round(pct(times, 50), 2), round(pct(times, 99), 2))
+            result[f"hnsw_ef{ef}_recall1"] = round(float(np.mean(np.asarray(got) == exact_rows)), 4)
+        del hnsw
+        gc.collect()
     if with_pg:
         result["postgres"] = load_postgres(gallery, ids)
     return result
 
 
-def _bulk(index, gallery: np.ndarray, ids: list[str]) -> None:
+def _bulk(index, embs: np.ndarray, ids: list[str], start: int) -> None:
     from mobidem.gallery.records import TemplateRecord
 
-    for i in range(0, len(ids), 100_000):
-        index.add_records([TemplateRecord(f"t{j:09d}", ids[j], gallery[j], MODEL, VERSION, None, 0.0)
-                           for j in range(i, min(i + 100_000, len(ids)))])
+    for i in range(0, len(embs), 100_000):
+        index.add_records([TemplateRecord(f"t{start + j:09d}", ids[start + j], embs[j], MODEL, VERSION, None, 0.0)
+                           for j in range(i, min(i + 100_000, len(embs)))])
 
 
 def main() -> int:
@@ -233,6 +304,14 @@ def main() -> int:
     ap.add_argument("--hnsw-m", type=int, default=16)
     ap.add_argument("--ef-construction", type=int, default=40)
     ap.add_argument("--ef-search", default="64,128", help="efSearch values to measure (comma-separated)")
+    ap.add_argument("--methods", default="exact32,exact16,hnsw",
+                    help="comma-separated: exact32 (the reference; needed by the others), exact16, hnsw, ivf; "
+                         "'none' with PostgreSQL alone measures just the load")
+    ap.add_argument("--ivf-kind", choices=("flat", "fp16"), default="flat")
+    ap.add_argument("--nlist-factor", type=float, default=2.0, help="IVF lists = this x sqrt(N)")
+    ap.add_argument("--nprobe", default="8,32,128,512", help="IVF nprobe values to measure (comma-separated)")
+    ap.add_argument("--embeddings-cache", default="",
+                    help="an .npz to reuse the real embeddings from (written when absent; saves a Triton start)")
     ap.add_argument("--out", default=str(REPO / "docs" / "SCALING_BENCH.json"))
     args = ap.parse_args()
     import os
@@ -241,18 +320,35 @@ def main() -> int:
 
     rng = np.random.default_rng(18)
     t = time.perf_counter()
-    real, people = asyncio.run(real_embeddings())
+    cache = Path(args.embeddings_cache) if args.embeddings_cache else None
+    if cache and cache.exists():
+        z = np.load(cache)
+        real, people = z["real"], [str(p) for p in z["people"]]
+    else:
+        real, people = asyncio.run(real_embeddings())
+        if cache:
+            np.savez(cache, real=real, people=np.asarray(people))
     print(f"{len(real)} real embeddings of {len(set(people))} people in {time.perf_counter() - t:.0f} s", flush=True)
     results = []
+    methods = {m for m in args.methods.split(",") if m and m != "none"}
+    if methods - {"exact32"} and "exact32" not in methods:
+        ap.error("recall is measured against exact32: include it")
     for size in (int(s) for s in args.sizes.split(",")):
         r = run(size, real, people, args.queries, not args.no_postgres, rng, args.hnsw_m, args.ef_construction,
-                [int(e) for e in args.ef_search.split(",")])
+                [int(e) for e in args.ef_search.split(",")], methods=methods, ivf_kind=args.ivf_kind,
+                nprobes=[int(e) for e in args.nprobe.split(",")], nlist_factor=args.nlist_factor)
         print(json.dumps(r), flush=True)
         results.append(r)
-    out = {"machine": "2 cores, shared with other work; one probe at a time", "faiss": faiss.__version__,
-           "numpy": np.__version__, "results": results}
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+        out = {"machine": "2 cores, shared with other work; one probe at a time", "faiss": faiss.__version__,
+               "numpy": np.__version__, "command": " ".join(["bench/gallery_scale.py", *sys.argv[1:]]),
+               "results": results}
+        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")  # after every size: a long run keeps its part
     for r in results:
+        if "exact32_ms" not in r:
+            pg = r.get("postgres", {})
+            print(f"\n{r['size']:,} templates: PostgreSQL COPY {pg.get('copy_s')} s, Gallery.from_url load "
+                  f"{pg.get('load_s')} s, index RSS {pg.get('index_rss_mb')} MB")
+            continue
         pg = r.get("postgres", {})
         print(f"\n{r['size']:,} templates ({r['real_probes']} real probes + {r['queries'] - r['real_probes']} synthetic; "
               f"real rank-1 with exact search {r['rank1_real']})\n")
@@ -262,12 +358,21 @@ def main() -> int:
               f"{r['exact32_rss_mb']} (RSS) |")
         print(f"| exact float16 (FAISS SQfp16) | {r['exact16_ms'][0]} | {r['exact16_ms'][1]} | "
               f"{r['exact16_recall1']:.2%} | {r['exact16_rss_mb']} (RSS) |")
+        if "exact16_ms" not in r:
+            r = {**r, "exact16_ms": ("-", "-"), "exact16_recall1": float("nan"), "exact16_rss_mb": "-"}
+        for nprobe in r.get("ivf", {}).get("nprobe", []):
+            print(f"| IVF-{r['ivf']['kind']} nlist={r['ivf']['nlist']} nprobe={nprobe} | {r[f'ivf_np{nprobe}_ms'][0]} | "
+                  f"{r[f'ivf_np{nprobe}_ms'][1]} | {r[f'ivf_np{nprobe}_recall1']:.2%} | {r['ivf_rss_mb']} (RSS) |")
         for key in sorted((k for k in r if k.startswith("hnsw_ef") and k.endswith("_ms")),
                           key=lambda k: int(k[len("hnsw_ef"):-len("_ms")])):
             ef = key[len("hnsw_ef"):-len("_ms")]
             print(f"| HNSW M={r['hnsw']['M']} efC={r['hnsw']['efConstruction']} efSearch={ef} | {r[key][0]} | "
                   f"{r[key][1]} | {r[f'hnsw_ef{ef}_recall1']:.2%} | {r['hnsw_bytes_mb']} (stored) |")
-        print(f"\nHNSW build {r['hnsw_build_s']} s" + (f"; PostgreSQL: COPY {pg['copy_s']} s, Gallery.from_url load "
+        if "ivf" in r:
+            print(f"\nIVF build {r['ivf_train_s']} s k-means + {r['ivf_add_s']} s adding")
+        if "hnsw_build_s" in r:
+            print(f"\nHNSW build {r['hnsw_build_s']} s")
+        print("" + (f"PostgreSQL: COPY {pg['copy_s']} s, Gallery.from_url load "
                                                     f"{pg['load_s']} s, index RSS {pg['index_rss_mb']} MB" if pg else ""))
     return 0
 
