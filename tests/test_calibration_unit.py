@@ -104,3 +104,63 @@ def test_descriptions_name_the_embedder_and_its_file():
     assert other_version.endswith(" but Triton serves dlib_resnet version 2 (ONNX sha256 unknown)")
     other_file = cal.embedder_mismatch(c, "dlib_resnet", "1", "f" * 64)
     assert other_file.endswith(" but the served model file is dlib_resnet version 1 (ONNX sha256 ffffffffffff)")
+
+
+def test_best_accuracy_counts_an_impostor_at_the_threshold_as_accepted():
+    """Found by the mutation run (docs/TESTING.md): a pair is accepted when distance <= threshold, so an
+    impostor exactly at a candidate threshold is a false accept there. By hand, genuine [0.2, 0.4] and
+    impostor [0.4, 0.6]: correct = 2 (accept nothing), 3 at 0.2, 2 + 1 = 3 at 0.4, 2 at 0.6; the first
+    (smallest) maximum is 0.2 with 3 of 4 right."""
+    assert cal.best_accuracy_threshold([0.2, 0.4], [0.4, 0.6]) == (0.2, 0.75)
+
+
+def test_a_far_every_threshold_meets_gives_the_largest_observed_distance_of_both_kinds():
+    """threshold_at_far's docstring: when far * m >= m the largest observed distance is returned, and
+    genuine distances are observed distances too."""
+    assert cal.threshold_at_far([0.3, 1.5], IMP, 1.0) == 1.5
+    assert cal.threshold_at_far(GEN, IMP, 1.0) == 1.20
+
+
+def test_the_default_operating_point_is_far_1e_3():
+    """The proto's and Settings' default operating point is far_1e-3."""
+    impostor = np.linspace(0.5, 1.5, 200)  # 2 false accepts allowed at 1e-2, none at 1e-3
+    c = cal.calibrate(GEN, impostor, "dlib_resnet", "1", "test pairs", fars=(1e-2, 1e-3))
+    assert c.threshold() == c.operating_points["far_1e-3"].threshold != c.threshold("far_1e-2")
+
+
+def test_the_description_is_the_embedder_its_file_and_its_metric():
+    c = cal.Calibration("sface", "1", "pairs", onnx_sha256="0123456789abcdef" * 4, metric="cosine")
+    assert c.describe() == "sface version 1 (ONNX sha256 0123456789ab, cosine distance)"
+
+
+def test_the_metric_is_recorded_and_read_back_and_an_unknown_one_is_refused(tmp_path):
+    """Each embedder's file names its metric (the module docstring); files without one are euclidean,
+    and euclidean files are written as before metrics existed (no `metric` key)."""
+    cosine = cal.calibrate(GEN, IMP, "sface", "1", "test pairs", metric="cosine")
+    assert cosine.metric == "cosine"
+    assert cal.to_json(cosine)["embedder"]["metric"] == "cosine"
+    cal.save(tmp_path / "c.json", cosine)
+    assert cal.load(tmp_path / "c.json").metric == "cosine"
+    euclidean = cal.to_json(cal.calibrate(GEN, IMP, "dlib_resnet", "1", "test pairs"))
+    assert "metric" not in euclidean["embedder"] and cal.from_json(euclidean).metric == "euclidean"
+    with pytest.raises(ValueError) as info:
+        cal.calibrate(GEN, IMP, "x", "1", "test pairs", metric="manhattan")
+    assert str(info.value) == "unknown metric 'manhattan'; known: euclidean, cosine"
+    d = cal.to_json(cosine)
+    d["embedder"]["metric"] = "manhattan"
+    with pytest.raises(ValueError) as info:
+        cal.from_json(d)
+    assert str(info.value) == "calibration file: unknown metric 'manhattan'; known: euclidean, cosine"
+
+
+def test_the_temporary_file_is_made_beside_the_file(tmp_path, monkeypatch):
+    """Found by the mutation run: save's rename is atomic only within one file system, so the temporary
+    file is made in the file's own folder, never in the system's temporary folder."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
+    (tmp_path / "data").mkdir()
+    c = cal.calibrate(GEN, IMP, "dlib_resnet", "1", "test pairs")
+    cal.save(tmp_path / "data" / "calibration.json", c)
+    assert cal.load(tmp_path / "data" / "calibration.json") == c
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["calibration.json"]
