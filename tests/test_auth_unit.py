@@ -317,3 +317,18 @@ def test_the_server_rereads_within_about_2_s_and_logs_a_malformed_file(tmp_path,
     [record] = [r for r in caplog.records if r.name.startswith("mobidem")]
     assert record.levelname == "ERROR" and record.name == "mobidem.auth"
     assert "keeping the previous keys" in record.getMessage() and "not YAML/JSON" in record.getMessage()
+
+
+def test_refusals_name_the_headers_sent_and_the_roles_held(keys):
+    """Found by the mutation run (docs/TESTING.md, api/auth.py): the messages say what to fix. Two
+    credential headers are named in the order sent; a key refused for its roles lists all of them."""
+    path, plain = keys
+    guard = interceptor(path)
+    with pytest.raises(Unauthenticated) as info:
+        guard.authenticate("/mobidem.v1.Gallery/Verify",
+                           [("x-api-key", plain["verify"]), ("authorization", f"Bearer {plain['verify']}")])
+    assert str(info.value).startswith("2 credential headers (x-api-key, authorization); send exactly one: ")
+    with pytest.raises(PermissionDenied) as info:
+        guard.authenticate("/mobidem.v1.FaceAnalysis/Stream", [("x-api-key", plain["two"])])
+    assert str(info.value) == ("key 'two' (roles: verify, analyze) may not call /mobidem.v1.FaceAnalysis/Stream: "
+                               "it needs the role 'stream' or 'admin'")

@@ -237,3 +237,113 @@ def test_the_defaults_a_session_derives_from_max_in_flight():
     assert latest.working._value == 7
     assert run(build(32, DropPolicy.NONE)).working._value == 16  # at most 16 at once
     assert run(build(1, DropPolicy.LATEST_FRAME_WINS)).working._value == 1
+
+
+def test_a_frame_that_ends_early_passes_on_every_section_it_did_not_leave():
+    """Found by the mutation run (docs/TESTING.md): section k of a frame runs once every earlier frame has
+    left it or was failed (the module docstring). Frame 1 fails before any section, frame 2 after leaving
+    section 0 but before section 1; frame 3 must still run both sections, after them, in order."""
+    entered = []
+
+    async def process(frame, turn):
+        if frame.sequence == 1:
+            raise InvalidArgument("frame 1 fails before its sections")
+        async with turn.section(0):
+            entered.append((frame.sequence, 0))
+        if frame.sequence == 2:
+            raise InvalidArgument("frame 2 fails between its sections")
+        async with turn.section(1):
+            entered.append((frame.sequence, 1))
+        return frame.sequence
+
+    async def main():
+        session = StreamSession(process, 4, DropPolicy.NONE, sections=2)
+        return await asyncio.wait_for(collect(session, frames_of(3)), 5)  # a section never passed on hangs
+
+    out = run(main())
+    assert [o.status for o in out] == ["failed", "failed", "ok"]
+    assert entered == [(2, 0), (3, 0), (3, 1)]
+
+
+def test_failed_frames_keep_their_frame_and_answered_frames_let_go_of_their_payload():
+    """A failed result is still the result of its frame (the API answers with its sequence and capture
+    time), and an answered frame's payload goes at once (None, as for a dropped one)."""
+    async def process(frame, turn):
+        if frame.sequence == 2:
+            raise InvalidArgument("bad frame")
+        if frame.sequence == 3:
+            raise ValueError("a plugin bug")
+        return frame.sequence
+
+    out = run(collect(StreamSession(process, 4, DropPolicy.NONE), frames_of(4)))
+    assert [o.status for o in out] == ["ok", "failed", "failed", "ok"]
+    assert [o.frame.sequence for o in out] == [1, 2, 3, 4]
+    assert all(o.frame.payload is None for o in out)
+
+
+def test_the_internal_reference_is_the_one_the_log_line_repeats(caplog):
+    """An ordinary exception fails its frame as INTERNAL with a reference that the log line repeats (the
+    module docstring): an operator finds the traceback from what the client reports."""
+    import re
+
+    async def process(frame, turn):
+        if frame.sequence == 3:
+            raise ValueError("a plugin bug")
+        return frame.sequence
+
+    with caplog.at_level("ERROR", logger="mobidem.streaming"):
+        out = run(collect(StreamSession(process, 4, DropPolicy.NONE), frames_of(4)))
+    found = re.fullmatch(r"internal error on frame 3 \(ref ([0-9a-f]+)\); the server log has details",
+                         str(out[2].error))
+    assert found, str(out[2].error)
+    ref = found.group(1)
+    records = [r for r in caplog.records if r.name == "mobidem.streaming"]
+    assert [r.getMessage() for r in records] == [f"frame 3 failed (ref {ref})"]
+    assert records[0].exc_info and "a plugin bug" in str(records[0].exc_info[1])
+
+
+def test_streams_sharing_stats_are_each_counted_while_they_run():
+    """StreamStats is shared by all streams (metrics): two streams running at once count 2 active
+    streams and their held frames, and 0 once both have ended."""
+    stats = StreamStats()
+    seen = []
+
+    async def process(frame, turn):
+        await asyncio.sleep(0.05)
+        seen.append((stats.active_streams, stats.in_flight))
+        return frame.sequence
+
+    async def main():
+        a = StreamSession(process, 2, DropPolicy.NONE, stats)
+        b = StreamSession(process, 2, DropPolicy.NONE, stats)
+        return await asyncio.gather(collect(a, frames_of(2)), collect(b, frames_of(2)))
+
+    outs = run(main())
+    assert [len(o) for o in outs] == [2, 2]
+    assert seen[0] == (2, 4)
+    assert stats.active_streams == 0 and stats.in_flight == 0
+
+
+def test_closing_the_stream_cancels_the_held_work_before_anything_else_runs_on():
+    """Cancelling the stream cancels every frame's work at once, not when the event loop shuts down."""
+    started, cancelled = [], []
+
+    async def process(frame, turn):
+        started.append(frame.sequence)
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.append(frame.sequence)
+            raise
+
+    async def main():
+        task = asyncio.ensure_future(collect(StreamSession(process, 4, DropPolicy.NONE), frames_of(100)))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.05)
+        return list(cancelled)
+
+    cancelled_in_loop = run(main())
+    assert started == [1, 2, 3, 4] and sorted(cancelled_in_loop) == started
