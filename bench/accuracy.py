@@ -258,13 +258,21 @@ async def run_ours(paths: list[str], root: str, repository: str, workdir: str, c
     from mobidem.triton_client import TritonClient
     from mobidem.vision.align import align_chip
 
+    from mobidem.config import Settings
+
+    # the gateway's default detection: blazeface, and the faces it is unsure of confirmed (detector_confirm)
+    s = Settings()
+    plugins = PluginSet.from_config("blazeface", ["face_multitask"], confirm_detector=s.detector_confirm)
+    confirm = PipelineConfig(confirm_below=s.detector_confirm_below if plugins.confirmer is not None else 0.0,
+                             confirm_min_score=s.detector_confirm_min_score)
     extra = [plugin_registry.load(name) for name in extra_embedders]  # e.g. sface, on the same detections
-    triton = ManagedTriton([repository, *dict.fromkeys(p.repository for p in extra if p.repository)], workdir)
+    triton = ManagedTriton([repository, *dict.fromkeys(p.repository for p in (*plugins.plugins, *extra) if p.repository)],
+                           workdir)
     t0 = time.perf_counter()
     triton.start()
     started = time.perf_counter() - t0
     client = TritonClient(triton.grpc_url)
-    pipe = Pipeline(client, PluginSet.from_config("blazeface", ["face_multitask"]), PipelineConfig())
+    pipe = Pipeline(client, plugins, confirm)
     results: dict[str, Found] = {}
     sem = asyncio.Semaphore(concurrency)
 
@@ -920,7 +928,8 @@ def render(r: dict) -> str:
     w("## What is compared\n")
     auto = next(c for c in r["detection_configs"] if c["key"] == "e_auto")
     w("- **ours**: image decoded as the server does (OpenCV) -> BlazeFace through Triton (`auto`: "
-      f"{auto['title']}, merged by weighted NMS, faces under 16 px dropped; see Detection below) -> `align.py` chip "
+      f"{auto['title']}, merged by weighted NMS, faces under 16 px dropped; see Detection below; as the gateway by "
+      "default, a face scored under 0.7 counts only if YuNet also finds it: `detector_confirm`) -> `align.py` chip "
       "from BlazeFace keypoints -> `face_multitask` through Triton (dlib ResNet embedding + mini-Xception expression "
       "from one 150x150 chip).")
     w("- **reference**: the face_recognition library's pipeline: PIL load, dlib HOG detector (upsample 1), 5-point "

@@ -48,6 +48,8 @@ def main() -> None:
     import tritonclient.grpc as grpcclient
 
     from mobidem.managed_triton import ManagedTriton
+    from mobidem.config import Settings
+    from mobidem.plugins import served_by_triton
     from mobidem.v1 import mobidem_pb2 as pb
 
     reps = 3
@@ -59,7 +61,9 @@ def main() -> None:
     res: dict = {}
     with tempfile.TemporaryDirectory(prefix="mobidem-expr-") as tmp:
         tmp = Path(tmp)
-        triton = ManagedTriton(ROOT / "model_repository", tmp / "triton", models=MODELS).start(180)
+        # what the gateway below needs (yunet too: the default detector_confirm), and the models measured
+        repositories, served = served_by_triton(Settings(face_plugins="dlib_resnet,fer_xception"))
+        triton = ManagedTriton(repositories, tmp / "triton", models=list(dict.fromkeys([*MODELS, *served]))).start(180)
         gateway = None
         try:
             client = grpcclient.InferenceServerClient(triton.grpc_url)

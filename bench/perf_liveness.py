@@ -102,6 +102,7 @@ def main() -> None:
     from liveness_data import VIDEOS, seed_for, splice
     from mobidem import modelbuild, plugins
     from mobidem.managed_triton import ManagedTriton
+    from mobidem.plugins import served_by_triton
 
     t_start = time.perf_counter()
     noise = NoiseMeter()
@@ -116,7 +117,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mobidem-bench-liveness-") as tmp:
         tmp = Path(tmp)
         log("starting Triton (main repository + face_mesh)")
-        triton = ManagedTriton([ROOT / "model_repository", mesh.repository], tmp / "triton").start(300)
+        triton = ManagedTriton([*served_by_triton()[0], mesh.repository], tmp / "triton").start(300)
         (tmp / "a").mkdir()
         (tmp / "b").mkdir()
         plain = gw.Gateway(triton.grpc_url, tmp / "a")

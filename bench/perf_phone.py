@@ -56,6 +56,7 @@ def main() -> int:
 
     from mobidem.client import MobidemClient, video_frames
     from mobidem.managed_triton import ManagedTriton
+    from mobidem.plugins import served_by_triton
     from mobidem.v1 import mobidem_pb2 as pb
 
     photo_path = sorted(PHOTO.glob("*.jpg"), key=lambda p: (len(p.name), p.name))[0]
@@ -66,7 +67,7 @@ def main() -> int:
     rows, streams = [], {}
     with tempfile.TemporaryDirectory(prefix="mobidem-perf-phone-") as tmp:
         tmp = Path(tmp)
-        triton = ManagedTriton(ROOT / "model_repository", tmp / "triton")
+        triton = ManagedTriton(served_by_triton()[0], tmp / "triton")  # + the default plugins' models
         triton.start(timeout=300)
         gateways = {}
         try:

@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     from mobidem.managed_triton import ManagedTriton
+    from mobidem.plugins import served_by_triton
     from mobidem.v1 import mobidem_pb2 as pb
 
     t_start = time.perf_counter()
@@ -88,7 +89,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mobidem-bench-tracking-") as tmp:
         tmp = Path(tmp)
         log("starting Triton")
-        triton = ManagedTriton(ROOT / "model_repository", tmp / "triton").start(180)
+        triton = ManagedTriton(served_by_triton()[0], tmp / "triton").start(180)  # + the default plugins' models
         gateway = gw.Gateway(triton.grpc_url, tmp)
         try:
             from mobidem.client import MobidemClient

@@ -38,6 +38,7 @@ def iou(a, b) -> float:
 def main() -> None:
     from mobidem.client import MobidemClient
     from mobidem.managed_triton import ManagedTriton
+    from mobidem.plugins import served_by_triton
     from mobidem.tracking import quality
     from mobidem.v1 import mobidem_pb2 as pb
     from mobidem.vision.align import align_chip
@@ -48,7 +49,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mobidem-quality-") as tmp:
         tmp = Path(tmp)
         log("starting Triton and a gateway")
-        triton = ManagedTriton(ROOT / "model_repository", tmp / "triton").start(180)
+        triton = ManagedTriton(served_by_triton()[0], tmp / "triton").start(180)  # + the default plugins' models
         gateway = gw.Gateway(triton.grpc_url, tmp)
         try:
             with MobidemClient(gateway.target) as c:

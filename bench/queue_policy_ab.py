@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "QUEUE_POLICY_AB.json"))
     args = ap.parse_args()
     from mobidem.managed_triton import ManagedTriton
+    from mobidem.plugins import served_by_triton
     from mobidem.v1 import mobidem_pb2 as pb
 
     res: dict = {"reps": args.reps, "streams": 8, "runs": {}}
@@ -64,7 +65,8 @@ def main() -> None:
         try:
             for name, repo in (("A", ROOT / "model_repository"), ("B", tmp / "repo-b")):
                 log(f"starting Triton {name}")
-                tritons[name] = ManagedTriton(repo, tmp / f"triton-{name}").start(180)
+                plugin_repos = served_by_triton()[0][1:]  # the default plugins' models (yunet), unchanged in B
+                tritons[name] = ManagedTriton([repo, *plugin_repos], tmp / f"triton-{name}").start(180)
                 (tmp / name).mkdir()
                 gateways[name] = gw.Gateway(tritons[name].grpc_url, tmp / name)
             for vname, path, per_stream in (("hamilton 640x360", HAMILTON, 0), ("1080p", HD, 40)):

@@ -84,6 +84,7 @@ def main() -> None:
     noise = NoiseMeter()
     from mobidem.config import Settings
     from mobidem.managed_triton import ManagedTriton
+    from mobidem.plugins import served_by_triton
     from mobidem.v1 import mobidem_pb2 as pb
 
     res: dict = {"config": cfg, "machine": info}
@@ -96,7 +97,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mobidem-bench-") as tmp:
         tmp = Path(tmp)
         log("starting Triton")
-        triton = ManagedTriton(ROOT / "model_repository", tmp / "triton", models=list(perf_models.MODELS)).start(180)
+        repositories, gateway_models = served_by_triton()  # the default gateway's plugins too (yunet)
+        triton = ManagedTriton(repositories, tmp / "triton",
+                               models=list(dict.fromkeys([*perf_models.MODELS, *gateway_models]))).start(180)
         import tritonclient.grpc as grpcclient
         with grpcclient.InferenceServerClient(triton.grpc_url) as c:
             info["triton"] = c.get_server_metadata().version

@@ -54,8 +54,11 @@ def model_repository() -> Path:
 @pytest.fixture(scope="session")
 def triton(model_repository, tmp_path_factory):
     from mobidem.managed_triton import ManagedTriton
+    from mobidem.plugins import served_by_triton
 
-    server = ManagedTriton(model_repository, tmp_path_factory.mktemp("triton"))
+    # everything in the built-in repository, and the default plugins' models (yunet: detector_confirm)
+    repositories, _ = served_by_triton()
+    server = ManagedTriton([model_repository, *repositories[1:]], tmp_path_factory.mktemp("triton"))
     server.start(timeout=300)
     yield server
     server.stop()
@@ -169,13 +172,16 @@ def plugin_triton(model_repository: Path, workdir: Path, *names: str):
     built); skips (fails under CI=true) where a plugin is not installed or not buildable."""
     from mobidem import modelbuild, plugins
     from mobidem.managed_triton import ManagedTriton
+    from mobidem.plugins import served_by_triton
 
     try:
         loaded = [plugins.load(n) for n in names]
         modelbuild.build(REPO / "model_repository", plugins=list(names), echo=lambda _: None)
     except Exception as exc:  # noqa: BLE001 - not installed or not buildable here
         need(False, f"the plugins {', '.join(names)} are not usable here (the Makefile installs them): {exc}")
-    server = ManagedTriton([model_repository, *(p.repository for p in loaded)], workdir)
+    defaults, _ = served_by_triton()  # the default plugins' models too (yunet: detector_confirm)
+    server = ManagedTriton(list(dict.fromkeys([model_repository, *defaults[1:], *(p.repository for p in loaded)])),
+                           workdir)
     server.start(timeout=300)
     return server
 

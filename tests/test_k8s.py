@@ -162,7 +162,7 @@ def test_gpu_overlay_runs_every_model_on_the_gpu(model_repository, tmp_path):
     init = spec["initContainers"][0]
     kind = next(e["value"] for e in init["env"] if e["name"] == "INSTANCE_KIND")
     assert kind == "KIND_GPU"
-    script = init["command"][-1].replace("mobidem models build --repository /models", "true")
+    script = init["command"][-1].replace("mobidem models build --repository /models --include-plugins", "true")
     repo = tmp_path / "models"
     for config in model_repository.glob("*/config.pbtxt"):
         (repo / config.parent.name).mkdir(parents=True)

@@ -263,9 +263,9 @@ def landmarker_triton(landmarker, model_repository, tmp_path_factory):
     from mobidem import plugins
     from mobidem.managed_triton import ManagedTriton
 
-    mesh = plugins.load("face_mesh")
-    models = ["blazeface_short", "blazeface_full", *(m.name for m in mesh.models), *(m.name for m in landmarker.models)]
-    server = ManagedTriton([model_repository, mesh.repository, landmarker.repository],
+    mesh, confirm = plugins.load("face_mesh"), plugins.load("yunet")  # yunet: the default detector_confirm
+    models = ["blazeface_short", "blazeface_full", *(m.name for m in (*mesh.models, *landmarker.models, *confirm.models))]
+    server = ManagedTriton([model_repository, mesh.repository, landmarker.repository, confirm.repository],
                            tmp_path_factory.mktemp("landmarker-triton"), models=models)
     server.start(timeout=300)
     yield server

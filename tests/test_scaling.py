@@ -25,10 +25,16 @@ OK = pb.FrameResult.STATUS_OK
 
 
 def _models() -> list[str]:
-    from mobidem.plugins import PluginSet
+    from mobidem.plugins import served_by_triton
 
-    s = config.Settings()
-    return PluginSet.from_config(s.detector, s.face_plugin_names, s.track_expression_plugin).model_names
+    return served_by_triton()[1]
+
+
+def _repositories(repository) -> list:
+    """The given built-in repository and the default plugins' (yunet for detector_confirm)."""
+    from mobidem.plugins import served_by_triton
+
+    return [repository, *served_by_triton()[0][1:]]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +46,7 @@ def _managed(repository, workdir: Path, pki=None, grpc_port: int = 0):
     from mobidem.managed_triton import ManagedTriton
 
     tls = dict(tls_cert=str(pki["server"]), tls_key=str(pki["server-key"]), tls_ca=str(pki["ca"])) if pki else {}
-    return ManagedTriton(repository, workdir, grpc_port=grpc_port, models=_models(), **tls)
+    return ManagedTriton(_repositories(repository), workdir, grpc_port=grpc_port, models=_models(), **tls)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +66,7 @@ def version_2_repository(model_repository: Path, root: Path) -> Path:
             (root / model).mkdir()
             (root / model / "config.pbtxt").symlink_to(model_repository / model / "config.pbtxt")
             (root / model / "2").symlink_to(model_repository / model / "1", target_is_directory=True)
-        else:
+        elif (model_repository / model).is_dir():  # a plugin's model comes from its own repository
             (root / model).symlink_to(model_repository / model, target_is_directory=True)
     return root
 

@@ -40,6 +40,7 @@ def test_fine_tune_export_and_serve(faces, repo_copy, tmp_path):
 
     from mobidem import config
     from mobidem.managed_triton import ManagedTriton
+    from mobidem.plugins import served_by_triton
     from mobidem.train import data, engine
     from mobidem.train.export import export_to_repository, model_to_onnx
     from mobidem.train.model import from_dlib
@@ -82,7 +83,7 @@ def test_fine_tune_export_and_serve(faces, repo_copy, tmp_path):
         # (Reloading in explicit mode also works, but then v1 stays listed UNAVAILABLE and strict readiness,
         # which the server checks, reports the server not ready.)
         triton.stop()
-        triton = ManagedTriton(repo_copy, tmp_path / "triton2")
+        triton = ManagedTriton([repo_copy, *served_by_triton()[0][1:]], tmp_path / "triton2")  # + default plugins
         triton.start(timeout=300)
         with grpcclient.InferenceServerClient(triton.grpc_url) as c:
             assert c.is_model_ready("face_multitask", "2")

