@@ -87,10 +87,8 @@ def test_sequence_must_increase():
         run(collect(StreamSession(process, 4, DropPolicy.NONE), frames()))
 
 
-def test_cancelling_the_stream_cancels_all_work_at_once():
-    stats = StreamStats()
-    started, cancelled = [], []
-
+def _sleeper(started: list, cancelled: list):
+    """A frame's work that sleeps 10 s, noting the frames it started and those cancelled."""
     async def process(frame, turn):
         started.append(frame.sequence)
         try:
@@ -98,6 +96,13 @@ def test_cancelling_the_stream_cancels_all_work_at_once():
         except asyncio.CancelledError:
             cancelled.append(frame.sequence)
             raise
+    return process
+
+
+def test_cancelling_the_stream_cancels_all_work_at_once():
+    stats = StreamStats()
+    started, cancelled = [], []
+    process = _sleeper(started, cancelled)
 
     async def main():
         session = StreamSession(process, 4, DropPolicy.NONE, stats)
@@ -327,14 +332,7 @@ def test_streams_sharing_stats_are_each_counted_while_they_run():
 def test_closing_the_stream_cancels_the_held_work_before_anything_else_runs_on():
     """Cancelling the stream cancels every frame's work at once, not when the event loop shuts down."""
     started, cancelled = [], []
-
-    async def process(frame, turn):
-        started.append(frame.sequence)
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            cancelled.append(frame.sequence)
-            raise
+    process = _sleeper(started, cancelled)
 
     async def main():
         task = asyncio.ensure_future(collect(StreamSession(process, 4, DropPolicy.NONE), frames_of(100)))
