@@ -280,8 +280,8 @@ def test_short_deadlines_and_cancelled_calls_never_cancel_a_triton_inference(mod
     caller within its own deadline. Triton's verbose log names every cancellation it is notified of:
     bursts of calls with 1-60 ms deadlines and of cancelled calls must leave none; with Triton stopped,
     callers still get DEADLINE_EXCEEDED at their deadline; Triton drops the requests it could not start
-    in time (the models' queue policy honours the request timeout) instead of running them all; a normal
-    call answers at the end. With the old client (gRPC deadline = the call's, cancelled with its caller)
+    in time (the model refuses a request past the deadline the gateway sends with it) instead of running
+    them all; a normal call answers at the end. With the old client (gRPC deadline = the call's, cancelled with its caller)
     this saw hundreds of cancellations and, in 2 of 3 runs, the wedge itself."""
     import asyncio
     import os
@@ -354,7 +354,8 @@ def test_short_deadlines_and_cancelled_calls_never_cancel_a_triton_inference(mod
     cancellations = re.findall(r"Cancellation notification received for ModelInferHandler.*step (\w+)", log)
     assert not cancellations, f"Triton was told of {len(cancellations)} cancelled ModelInfer calls (steps " \
                               f"{sorted(set(cancellations))}): each can cost it an accept slot for good"
-    assert ran < sent / 2, f"Triton ran {ran} of {sent} requests whose callers had gone: the request timeout is ignored"
+    assert ran < sent / 2, (f"Triton ran {ran} of {sent} requests whose callers had gone: the deadline sent with "
+                            "each request is ignored")
 
 
 def test_a_client_that_never_reads_its_results_cannot_grow_the_gateway(triton, tmp_path, faces):

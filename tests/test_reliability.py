@@ -111,7 +111,24 @@ def test_client_disconnect_frees_resources(server, hamilton_jpegs):
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and (stats.in_flight or stats.active_streams):
         time.sleep(0.05)
-    assert stats.in_flight == 0 and stats.active_streams == 0
+    assert stats.in_flight == 0 and stats.active_streams == 0, (
+        f"in flight {stats.in_flight}, streams {stats.active_streams} 10 s after the cancel; the server's tasks:\n"
+        + _tasks(server.loop))
+
+
+def _tasks(loop) -> str:
+    """Where each task of the server's event loop waits (for a failure's message)."""
+    import asyncio
+    import io
+
+    async def dump():
+        out = io.StringIO()
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.print_stack(limit=6, file=out)
+        return out.getvalue()
+
+    return asyncio.run_coroutine_threadsafe(dump(), loop).result(10)[-6000:]
 
 
 def test_streams_per_client_are_limited(start_server, hamilton_jpegs):

@@ -20,6 +20,15 @@ Model config ``parameters`` it reads (all optional):
   installed, else PyTorch with CUDA through mobidem.torch_runner), ``onnxruntime`` or ``torch``;
   ``gpu_fp16`` = ``true`` runs the PyTorch path under fp16 autocast.
 
+A request whose sender has stopped waiting is answered UNAVAILABLE without being run: the gateway sends
+its caller's deadline as the request parameter ``mobidem_deadline_ns`` (wall-clock nanoseconds since
+the epoch), and a request that reaches ``execute`` after it is dropped from the batch. This replaces a
+Triton queue policy (``default_queue_policy`` with ``allow_timeout_override``), which does the same in
+the batcher but, in Triton 2.41, turns off the batcher's prefetching and stalls some requests for the
+batcher's 500 ms idle wait (docs/RELIABILITY.md). The check trusts the gateway's and Triton's clocks
+to agree to within a few milliseconds (same host, or NTP); a Triton clock ahead by more than a call's
+remaining budget would drop that call early, and the caller would see DEADLINE_EXCEEDED.
+
 This module runs inside the Triton stub process, so it imports nothing from mobidem that
 would pull in gRPC or OpenCV.
 """
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -50,6 +60,27 @@ def select_providers(kind: str, available: list[str], requested: str = "") -> li
         gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
         return gpu[-1:] + ["CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+DEADLINE_PARAMETER = "mobidem_deadline_ns"  # mobidem.triton_client.DEADLINE_PARAMETER (that one imports gRPC)
+
+
+def deadline_ns(parameters: str) -> int:
+    """The sender's deadline from a request's parameters (Triton's JSON string); 0: none."""
+    if not parameters or DEADLINE_PARAMETER not in parameters:
+        return 0
+    try:
+        value = json.loads(parameters).get(DEADLINE_PARAMETER, 0)
+    except ValueError:
+        return 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _error_response(message: str, code=None):
+    """A response carrying an error. Each response gets its own TritonError: this Python backend crashes
+    Triton when one error object answers several requests of a batch."""
+    error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)
 
 
 class OnnxModel:
@@ -110,6 +141,17 @@ class OnnxModel:
             )
 
     def execute(self, requests: list) -> list:
+        now = time.time_ns()
+        expired = [0 < deadline_ns(request.parameters()) < now for request in requests]
+        if not any(expired):
+            return self._run(requests)
+        live = self._run([r for r, late in zip(requests, expired) if not late]) if not all(expired) else []
+        answered = iter(live)
+        return [_error_response(f"{self.name}: the request's deadline passed while it queued; not run",
+                                pb_utils.TritonError.UNAVAILABLE) if gone else next(answered)
+                for gone in expired]
+
+    def _run(self, requests: list) -> list:
         feeds: dict[str, list[np.ndarray]] = {name: [] for name in self.inputs}
         sizes = []
         for request in requests:
@@ -124,8 +166,7 @@ class OnnxModel:
             else:
                 results = self.session.run(self.outputs, batch)
         except Exception as exc:  # one bad batch must not take the model down
-            error = pb_utils.TritonError(f"{self.name}: inference failed: {exc}")
-            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+            return [_error_response(f"{self.name}: inference failed: {exc}") for _ in requests]
         responses, start = [], 0
         for size in sizes:
             tensors = [

@@ -47,6 +47,9 @@ CHANNEL_ARGS = [("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_
                 ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
                 ("grpc.max_reconnect_backoff_ms", 1000)]
 
+# the request parameter that carries a call's deadline to the model (wall-clock ns; mobidem.triton_backend
+# reads it under the same name and answers a request past it UNAVAILABLE, unrun)
+DEADLINE_PARAMETER = "mobidem_deadline_ns"
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "mobidem_gw_"
 _ALIGN = 64
@@ -330,19 +333,20 @@ class TritonClient:
         managed one) loses one of its two ModelInfer accept slots for good whenever a call is already
         cancelled when its handler thread first takes it up, and after two such calls accepts no inference
         at all (the wedge of issue 20; docs/RELIABILITY.md, tools/triton_wedge.py). The caller's deadline
-        still reaches Triton as the request timeout (``timeout``, microseconds), so the dynamic batcher
-        drops a request that waited past it unrun. A call the caller gave up on runs to its end in the
+        still reaches Triton, as the request parameter ``mobidem_deadline_ns`` (wall clock), so the model
+        drops a request that waited past it unrun (mobidem.triton_backend). A call the caller gave up on runs to its end in the
         background; ``on_abandon(call)`` is told of it then (the shared-memory region waits for its end).
         """
         expires = time.monotonic() + timeout
         call = asyncio.ensure_future(self.client.infer(
             model, tensors, model_version=self._versions.get(model, ""), outputs=requested, headers=self.headers,
-            client_timeout=max(timeout, self.timeout_s), timeout=max(1, int(timeout * 1e6))))
+            client_timeout=max(timeout, self.timeout_s),
+            parameters={DEADLINE_PARAMETER: time.time_ns() + int(timeout * 1e9)}))
         try:
             return await asyncio.wait_for(asyncio.shield(call), timeout)
         except InferenceServerException as exc:
             if time.monotonic() >= expires and (exc.status() or "").endswith("UNAVAILABLE"):
-                # the queue's rejection of a request past its timeout (Triton says UNAVAILABLE) that came in
+                # the model's refusal of a request past its deadline (UNAVAILABLE) that came in
                 # before this event loop ran the wait's own timer: the deadline, not a Triton that is down
                 exc = InferenceServerException(exc.message(), "StatusCode.DEADLINE_EXCEEDED")
             error = _translate(model, exc, self._versions.get(model, ""))
