@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from mobidem.errors import InvalidArgument
-from mobidem.streaming import DropPolicy, StreamFrame, StreamSession, StreamStats
+from mobidem.errors import DeadlineExceeded, InvalidArgument
+from mobidem.streaming import DropPolicy, StreamFrame, StreamSession, StreamStats, idle_bounded
 
 
 async def frames_of(n: int, gap: float = 0.0, start: int = 1):
@@ -345,3 +345,61 @@ def test_closing_the_stream_cancels_the_held_work_before_anything_else_runs_on()
 
     cancelled_in_loop = run(main())
     assert started == [1, 2, 3, 4] and sorted(cancelled_in_loop) == started
+
+
+def test_a_reader_that_outlives_its_cancellation_takes_no_frame_into_flight():
+    """A stream cancelled while its reader is taking a frame: if the reader goes on anyway (Python 3.11's
+    asyncio.wait_for returned a message that arrived with the cancel instead of raising it), the frame it
+    takes is not held, so nothing stays in flight after the stream has closed."""
+    stats = StreamStats()
+    more = asyncio.Event()
+
+    async def stubborn_frames():
+        yield StreamFrame(1, 1)
+        try:
+            await more.wait()
+        except asyncio.CancelledError:
+            pass  # the cancellation is lost, as in wait_for: one more frame comes
+        yield StreamFrame(2, 2)
+
+    async def process(frame, turn):
+        return frame.sequence
+
+    async def main():
+        session = StreamSession(process, 4, DropPolicy.NONE, stats)
+        outcomes = session.results(stubborn_frames())
+        first = await anext(outcomes)
+        await outcomes.aclose()
+        return first
+
+    assert run(main()).value == 1
+    assert (stats.in_flight, stats.active_streams) == (0, 0)
+
+
+def test_idle_bounded_raises_a_cancellation_that_comes_with_a_message():
+    """The cancel and the client's next message in the same loop turn: the reader is cancelled (it does not
+    take the message, as asyncio.wait_for does in Python 3.11), and a silent client still gets
+    DEADLINE_EXCEEDED after the idle bound."""
+    async def main():
+        arrived = asyncio.Event()
+
+        async def client():
+            await arrived.wait()
+            yield "frame"
+            await asyncio.sleep(10)
+
+        reader = asyncio.ensure_future(anext(idle_bounded(client(), 5.0)))
+        await asyncio.sleep(0.01)
+        arrived.set()
+        reader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reader
+
+        async def silent():
+            await asyncio.sleep(10)
+            yield "never"
+
+        with pytest.raises(DeadlineExceeded, match="no message on this stream for 0.05 s"):
+            await anext(idle_bounded(silent(), 0.05))
+
+    run(main())

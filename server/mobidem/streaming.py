@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import AsyncIterator, Awaitable, Callable
 
-from mobidem.errors import Internal, InvalidArgument, MobidemError
+from mobidem.errors import DeadlineExceeded, Internal, InvalidArgument, MobidemError
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,29 @@ class Turn:
             self._before[k] = None
 
 
+async def idle_bounded(messages: AsyncIterator, idle_timeout_s: float) -> AsyncIterator:
+    """The client's messages; a gap longer than ``idle_timeout_s`` (when > 0) ends the stream with
+    DEADLINE_EXCEEDED, so that idle streams do not hold their client's places for ever.
+
+    ``asyncio.timeout``, not ``asyncio.wait_for``: Python 3.11's wait_for returns a message that arrives
+    just as its reader is cancelled instead of raising the cancellation, so a cancelled stream's reader
+    took one more frame after the stream had closed (a frame in flight for ever)."""
+    messages = aiter(messages)
+    while True:
+        try:
+            if idle_timeout_s > 0:
+                async with asyncio.timeout(idle_timeout_s):
+                    message = await anext(messages)
+            else:
+                message = await anext(messages)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise DeadlineExceeded(f"no message on this stream for {idle_timeout_s:g} s "
+                                   "(stream_idle_timeout_s): closed; open a new stream to go on") from None
+        yield message
+
+
 class StreamStats:
     """In-flight accounting shared by all streams (for metrics and tests)."""
 
@@ -133,6 +156,7 @@ class StreamSession:
             concurrency = max(1, min(self.max_in_flight - spare, 16))
         self.working = asyncio.Semaphore(concurrency)
         self.held: list[_Entry] = []
+        self.closed = False  # results() has ended: the reader takes no more frames
         self.room = asyncio.Condition()
         self.out: asyncio.Queue[_Entry | None] = asyncio.Queue()
         # results (dropped ones included) waiting for the client; past this the stream stops reading
@@ -159,6 +183,8 @@ class StreamSession:
                             self._drop_oldest(frame.sequence)
                         else:
                             await self.room.wait_for(lambda: len(self.held) < self.max_in_flight)
+                    if self.closed:  # a reader that outlived its cancellation: nobody will settle this frame
+                        return
                     entry = _Entry(frame)
                     turn = self._last_turn = Turn(self._last_turn, self.sections)
                     entry.task = asyncio.ensure_future(self._work(entry, turn))
@@ -195,6 +221,7 @@ class StreamSession:
                 yield await self._settle(entry)
             await reader  # re-raise a protocol error from the reader (e.g. sequence not increasing)
         finally:
+            self.closed = True
             self.stats.active_streams -= 1
             reader.cancel()
             for entry in self.held:

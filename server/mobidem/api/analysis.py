@@ -18,7 +18,7 @@ from mobidem.imaging import ImageLimits
 from mobidem.logs import deadline, frame_sequence, stream_id
 from mobidem.metrics import Metrics
 from mobidem.pipeline import Pipeline, Task
-from mobidem.streaming import DropPolicy, StreamFrame, StreamSession, StreamStats, Turn
+from mobidem.streaming import DropPolicy, StreamFrame, StreamSession, StreamStats, Turn, idle_bounded
 from mobidem.tracking import StreamTracks, TrackingConfig
 from mobidem.v1 import mobidem_pb2 as pb
 from mobidem.v1 import mobidem_pb2_grpc as pb_grpc
@@ -69,23 +69,6 @@ class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
             if not self.streams_by_client[client]:
                 del self.streams_by_client[client]
 
-    async def _idle_bounded(self, request_iterator):
-        """The client's messages; a gap longer than ``idle_timeout_s`` ends the stream (DEADLINE_EXCEEDED),
-        so that idle streams do not hold their client's places for ever."""
-        messages = aiter(request_iterator)
-        while True:
-            try:
-                if self.idle_timeout_s > 0:
-                    message = await asyncio.wait_for(anext(messages), self.idle_timeout_s)
-                else:
-                    message = await anext(messages)
-            except StopAsyncIteration:
-                return
-            except asyncio.TimeoutError:
-                raise DeadlineExceeded(f"no message on this stream for {self.idle_timeout_s:g} s "
-                                       "(stream_idle_timeout_s): closed; open a new stream to go on") from None
-            yield message
-
     def in_flight(self, requested: int, policy: DropPolicy) -> int:
         """Frames a stream may hold: what the client asked for, else this server's default for its policy."""
         if requested:
@@ -93,7 +76,7 @@ class FaceAnalysisServicer(pb_grpc.FaceAnalysisServicer):
         return self.default_in_flight_latest if policy == DropPolicy.LATEST_FRAME_WINS else self.default_in_flight
 
     async def _stream(self, request_iterator, context):
-        request_iterator = self._idle_bounded(request_iterator)
+        request_iterator = idle_bounded(request_iterator, self.idle_timeout_s)
         first = await anext(aiter(request_iterator), None)
         if first is None:
             return
