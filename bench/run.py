@@ -426,7 +426,7 @@ def render(res: dict) -> str:
           f"the mean over {min(mr['calls'].values())}-{max(mr['calls'].values())} calls.", "",
           *perf_models.table(mr), "",
           "Triton's own benchmarking client, `perf_analyzer` (C++, from tritonclient; concurrency 1, inputs and outputs "
-          "in system shared memory, a 1.5 s measurement window until 3 windows agree), on the same Triton in the same "
+          "in system shared memory, 1.5 s measurement windows until 3 agree within 20 %), on the same Triton in the same "
           f"run, median of {perf_models.PA_ROUNDS} rounds: the Triton path without the Python client's per-call cost. "
           "The server-side split is Triton's own statistics (compute infer = the Python backend stub's round trip, "
           "ONNX Runtime included).", "",
