@@ -399,7 +399,21 @@ def test_idle_bounded_raises_a_cancellation_that_comes_with_a_message():
             await asyncio.sleep(10)
             yield "never"
 
-        with pytest.raises(DeadlineExceeded, match="no message on this stream for 0.05 s"):
+        with pytest.raises(DeadlineExceeded, match=r"^no message on this stream for 0.05 s "
+                                                   r"\(stream_idle_timeout_s\): closed; open a new stream to go on$"):
             await anext(idle_bounded(silent(), 0.05))
 
     run(main())
+
+
+def test_idle_bounded_with_no_bound_waits_for_a_slow_client():
+    """stream_idle_timeout_s = 0: never closed for silence; every message comes through, then the end."""
+    async def slow():
+        for m in ("options", "frame 1"):
+            await asyncio.sleep(0.05)
+            yield m
+
+    async def main():
+        return [m async for m in idle_bounded(slow(), 0)]
+
+    assert run(main()) == ["options", "frame 1"]
