@@ -20,8 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 
@@ -39,7 +37,6 @@ def main() -> None:
     args = ap.parse_args()
     from mobidem.managed_triton import ManagedTriton
     from mobidem.plugins import served_by_triton
-    from mobidem.v1 import mobidem_pb2 as pb
 
     res: dict = {"reps": args.reps, "A": "as shipped: detector_confirm=yunet below 0.7",
                  "B": "detector_confirm='' (BlazeFace alone)", "runs": {}}
@@ -53,25 +50,11 @@ def main() -> None:
                 (tmp / name).mkdir()
                 gateways[name] = gw.Gateway(triton.grpc_url, tmp / name, *extra)
             for case, path, n, per_stream in CASES:
-                jpegs = encode_jpeg(load_frames(path, None))
-                runs: dict = {"A": [], "B": [], "faces_per_frame": {"A": [], "B": []}}
-                for name in ("A", "B"):
-                    gw.streams(gateways[name].target, jpegs[:8], 2, pb.DROP_POLICY_NONE)  # warm up
-                for rep in range(args.reps):
-                    for name in (("A", "B") if rep % 2 == 0 else ("B", "A")):
-                        r = gw.streams(gateways[name].target, jpegs, n, pb.DROP_POLICY_NONE, per_stream=per_stream,
-                                       tracking=pb.TRACKING_OFF)
-                        if r["failed"] or r["errors"]:
-                            raise RuntimeError(f"{name}: {r['failed']} failed frames, {r['errors']}")
-                        runs[name].append(r["fps"])
-                        runs["faces_per_frame"][name].append(r["faces"] / max(1, r["ok"]))
-                        log(f"{case} rep {rep + 1} {name}: {r['fps']:.1f} frames/s, "
-                            f"{r['faces'] / max(1, r['ok']):.2f} faces/frame")
-                ratio = float(np.median(runs["A"]) / np.median(runs["B"]))
-                res["runs"][case] = {**runs, "median_A": float(np.median(runs["A"])),
-                                     "median_B": float(np.median(runs["B"])), "A_over_B": ratio}
-                log(f"{case}: A (confirm) {np.median(runs['A']):.1f}, B (BlazeFace alone) "
-                    f"{np.median(runs['B']):.1f} frames/s, A / B {ratio:.3f}")
+                run = gw.interleaved({k: g.target for k, g in gateways.items()},
+                                     encode_jpeg(load_frames(path, None)), n, per_stream, args.reps, case)
+                res["runs"][case] = run
+                log(f"{case}: A (confirm) {run['median_A']:.1f}, B (BlazeFace alone) {run['median_B']:.1f} "
+                    f"frames/s, A / B {run['A_over_B']:.3f}")
         finally:
             for g in gateways.values():
                 g.stop()

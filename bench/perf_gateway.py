@@ -127,6 +127,27 @@ def streams(target: str, jpegs: list[bytes], n: int, drop_policy: int, max_in_fl
             "srv_p50": percentile(srv, 50), "srv_p99": percentile(srv, 99)}
 
 
+def interleaved(targets: dict[str, str], jpegs: list[bytes], n: int, per_stream: int, reps: int, case: str) -> dict:
+    """Two gateways side by side, {"A": target, "B": target}: a warm-up on each, then ``reps`` interleaved
+    repetitions (A, B, B, A, ...) of ``n`` streams, tracking off (every frame detected), one gateway at a
+    time. Frames/s and faces per frame of every run, their medians and A / B; a failed frame stops it."""
+    from mobidem.v1 import mobidem_pb2 as pb
+
+    runs: dict = {"A": [], "B": [], "faces_per_frame": {"A": [], "B": []}}
+    for name in ("A", "B"):
+        streams(targets[name], jpegs[:8], 2, pb.DROP_POLICY_NONE)  # warm up
+    for rep in range(reps):
+        for name in (("A", "B") if rep % 2 == 0 else ("B", "A")):
+            r = streams(targets[name], jpegs, n, pb.DROP_POLICY_NONE, per_stream=per_stream, tracking=pb.TRACKING_OFF)
+            if r["failed"] or r["errors"]:
+                raise RuntimeError(f"{name}: {r['failed']} failed frames, {r['errors']}")
+            runs[name].append(r["fps"])
+            runs["faces_per_frame"][name].append(r["faces"] / max(1, r["ok"]))
+            log(f"{case} rep {rep + 1} {name}: {r['fps']:.1f} frames/s, {r['faces'] / max(1, r['ok']):.2f} faces/frame")
+    median_a, median_b = float(np.median(runs["A"])), float(np.median(runs["B"]))
+    return {**runs, "median_A": median_a, "median_B": median_b, "A_over_B": median_a / median_b}
+
+
 def combine(reps: list[dict], video: str) -> dict:
     """Medians over repetitions of one (video, streams) configuration; Triton counts summed."""
     out = {"video": video, "reps": len(reps), "streams": reps[0]["streams"], "frames": reps[0]["frames"],

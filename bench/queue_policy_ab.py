@@ -29,8 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 
@@ -84,7 +82,6 @@ def main() -> None:
     args = ap.parse_args()
     from mobidem.managed_triton import ManagedTriton
     from mobidem.plugins import served_by_triton
-    from mobidem.v1 import mobidem_pb2 as pb
 
     pa = perf_models.perf_analyzer_env()
     if isinstance(pa, str):
@@ -109,23 +106,11 @@ def main() -> None:
                 (tmp / name).mkdir()
                 gateways[name] = gw.Gateway(tritons[name].grpc_url, tmp / name)
             for vname, path, per_stream in (("hamilton 640x360", HAMILTON, 0), ("1080p", HD, 40)):
-                jpegs = encode_jpeg(load_frames(path, None))
-                runs: dict = {"A": [], "B": []}
-                for name in ("A", "B"):
-                    gw.streams(gateways[name].target, jpegs[:8], 2, pb.DROP_POLICY_NONE)  # warm up
-                for rep in range(args.reps):
-                    for name in (("A", "B") if rep % 2 == 0 else ("B", "A")):
-                        r = gw.streams(gateways[name].target, jpegs, 8, pb.DROP_POLICY_NONE, per_stream=per_stream,
-                                       tracking=pb.TRACKING_OFF)
-                        if r["failed"] or r["errors"]:
-                            raise RuntimeError(f"{name}: {r['failed']} failed frames, {r['errors']}")
-                        runs[name].append(r["fps"])
-                        log(f"{vname} rep {rep + 1} {name}: {r['fps']:.1f} frames/s")
-                ratio = float(np.median(runs["A"]) / np.median(runs["B"]))
-                res["runs"][vname] = {**runs, "median_A": float(np.median(runs["A"])),
-                                      "median_B": float(np.median(runs["B"])), "A_over_B": ratio}
-                log(f"{vname}: A (model's check) {np.median(runs['A']):.1f}, B (queue policy) "
-                    f"{np.median(runs['B']):.1f} frames/s, A / B {ratio:.3f}")
+                run = gw.interleaved({k: g.target for k, g in gateways.items()},
+                                     encode_jpeg(load_frames(path, None)), 8, per_stream, args.reps, vname)
+                res["runs"][vname] = run
+                log(f"{vname}: A (model's check) {run['median_A']:.1f}, B (queue policy) {run['median_B']:.1f} "
+                    f"frames/s, A / B {run['A_over_B']:.3f}")
         finally:
             for g in gateways.values():
                 g.stop()

@@ -334,8 +334,9 @@ class TritonClient:
         cancelled when its handler thread first takes it up, and after two such calls accepts no inference
         at all (the wedge of issue 20; docs/RELIABILITY.md, tools/triton_wedge.py). The caller's deadline
         still reaches Triton, as the request parameter ``mobidem_deadline_ns`` (wall clock), so the model
-        drops a request that waited past it unrun (mobidem.triton_backend). A call the caller gave up on runs to its end in the
-        background; ``on_abandon(call)`` is told of it then (the shared-memory region waits for its end).
+        drops a request that waited past it unrun (mobidem.triton_backend). A call the caller gave up on
+        runs to its end in the background; ``on_abandon(call)`` is told of it then (the shared-memory
+        region waits for its end).
         """
         expires = time.monotonic() + timeout
         call = asyncio.ensure_future(self.client.infer(
