@@ -9,8 +9,11 @@ PROPAGATION_BOUND_S.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import statistics
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -19,7 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import person_photos, start_failure
-from mobidem.gallery import Gallery, IdempotencyConflict, InvalidArgument, NotFound, TemplateIn
+from mobidem.gallery import Gallery, GalleryError, IdempotencyConflict, InvalidArgument, NotFound, TemplateIn
 from mobidem.gallery.backends import open_store
 from mobidem.gallery.crypto import TemplateKeyError
 from mobidem.gallery.postgres import GalleryUnavailable
@@ -303,6 +306,143 @@ def test_a_follower_behind_a_trimmed_change_log_reloads_a_snapshot(postgres, rng
         b.close()
 
 
+# --------------------------------------------------------------------------- index snapshot files (gallery/snapshot.py)
+
+
+def same_answers(x: Gallery, y: Gallery, probes) -> None:
+    """Both galleries hold the same identities and answer every probe identically (ids, distances, templates)."""
+    assert (len(x.index), x.index.identity_count()) == (len(y.index), y.index.identity_count())
+    for version, e in probes:
+        rx, ry = x.search(e, 3, M, version), y.search(e, 3, M, version)
+        assert rx.matches == ry.matches and rx.stale_identities == ry.stale_identities
+        for m in rx.matches:
+            assert x.display_name(m.identity_id) == y.display_name(m.identity_id)
+
+
+def test_a_gateway_starts_from_an_index_snapshot_and_the_changes_after_it(postgres, rng, tmp_path):
+    """docs/SCALING.md: a gateway with ``snapshot_path`` reads its index from the file and then, before it
+    serves, every change committed after the snapshot's; it answers exactly as a gateway that read every
+    template from the database. With a template key the file holds no embedding in the clear."""
+    url, path = postgres.database(), tmp_path / "index.snap"
+    a = Gallery.from_url(url, template_key=KEY)
+    b = full = None
+    try:
+        kept = {}
+        for i in range(30):
+            ts = [tpl(rng, "2" if i % 7 == 0 else V) for _ in range(1 + i % 3)]
+            kept[f"p{i}"] = ts
+            a.enroll(f"p{i}", f"Person {i}", None, ts)
+        a.delete("p3")
+        seq, size = a.write_snapshot(str(path))
+        assert seq == a.store.last_seq() == 31 and size == path.stat().st_size
+        assert path.stat().st_mode & 0o777 == 0o600
+        data = path.read_bytes()
+        assert not any(t.embedding.tobytes()[:64] in data for ts in kept.values() for t in ts)
+        late, extra = tpl(rng), tpl(rng)
+        a.enroll("late", "Late", None, [late])  # after the snapshot: a new identity,
+        a.enroll("p5", None, None, [extra])  # a template added to one in it,
+        a.delete("p8")  # a deletion of one in it,
+        a.enroll("p9", "Renamed", None, [tpl(rng)])  # a new display name
+        b = Gallery.from_url(url, template_key=KEY, snapshot_path=str(path))
+        assert (b.loaded_from, b.snapshot_refused) == ("snapshot", "")
+        # no waiting: everything after the snapshot is applied before the constructor returns
+        assert b.follower.applied_seq == a.store.last_seq() == 35
+        assert [m.identity_id for m in b.search(late.embedding, 1, M, V).matches] == ["late"]
+        assert b.search(extra.embedding, 1, M, V).matches[0].identity_id == "p5"
+        assert "p8" not in [m.identity_id for t in kept["p8"] for m in b.search(t.embedding, 5, M, t.model_version).matches]
+        assert b.display_name("p9") == "Renamed" and b.display_name("p8") == ""
+        full = Gallery.from_url(url, template_key=KEY)
+        assert full.loaded_from == "database"
+        probes = [(t.model_version, t.embedding) for ts in kept.values() for t in ts] + [(V, late.embedding)]
+        probes += [(V, emb(rng)) for _ in range(20)]
+        same_answers(b, full, probes)
+        c = tpl(rng)  # and it follows the log from there on, as any gateway
+        a.enroll("after", "After", None, [c])
+        wait_for(lambda: b.search(c.embedding, 1, M, V).matches[:1] != [] and
+                 b.search(c.embedding, 1, M, V).matches[0].identity_id == "after", PROPAGATION_BOUND_S)
+    finally:
+        for g in (a, b, full):
+            if g is not None:
+                g.close()
+
+
+def test_an_index_snapshot_that_does_not_fit_the_database_is_refused(postgres, rng, tmp_path):
+    """A snapshot of another database, one whose last change left the log, an altered, truncated or
+    unsealed one: the gateway says why, reads every template from the database instead, and answers as a
+    gateway without a snapshot."""
+    url, other = postgres.database(), postgres.database()
+    a = Gallery.from_url(url, template_key=KEY)
+    o = Gallery.from_url(other, template_key=KEY)
+    opened = [a, o]
+    try:
+        for i in range(6):
+            a.enroll(f"a{i}", f"A{i}", None, [tpl(rng)])
+            o.enroll(f"a{i}", f"O{i}", None, [tpl(rng)])  # same ids, same seqs, other changes
+        snap = tmp_path / "a.snap"
+        assert a.write_snapshot(str(snap))[0] == 6
+        good = snap.read_bytes()
+        head_end = good.index(b"}") + 1
+
+        def start(db, key=KEY, **kw):
+            g = Gallery.from_url(db, template_key=key, snapshot_path=str(snap), **kw)
+            opened.append(g)
+            return g
+
+        def refused(db, why, source, key=KEY):
+            g = start(db, key)
+            assert g.loaded_from == "database" and why in g.snapshot_refused, g.snapshot_refused
+            same_answers(g, source, [(V, emb(rng)) for _ in range(5)])
+            return g
+
+        assert start(url).loaded_from == "snapshot"  # the file as written fits
+        refused(other, "holds '6 upsert a5", o)  # another database whose change 6 differs
+        for where, what in ((head_end + 100, "does not open with the template key"),  # a piece of the arrays
+                            (good.index(b'"created_at": ') + 15, "does not open with the template key"),  # header
+                            (good.index(b'"seq": 6') + 7, "no longer holds that change")):  # seq 6 -> 7
+            snap.write_bytes(good[:where] + bytes([good[where] ^ 1]) + good[where + 1:])
+            refused(url, what, a)
+        snap.write_bytes(good[:-100])
+        refused(url, "truncated", a)
+        snap.write_bytes(good)
+        a.enroll("a6", "A6", None, [tpl(rng)])
+        a.store.trim_changes(0.0)  # change 6 leaves the log
+        refused(url, "no longer holds that change", a)
+        plain = Gallery.from_url(postgres.database())  # no key: a plaintext snapshot, with checksums
+        opened.append(plain)
+        plain.enroll("x", "X", None, [tpl(rng)])
+        plain.write_snapshot(str(snap))
+        refused(url, "not sealed", a)
+        snap.unlink()
+        g = refused(url, "no snapshot file", a)
+        sqlite = open_store(str(tmp_path / "g.db"))
+        with pytest.raises(GalleryError, match="needs a gallery shared through a change log"):
+            Gallery(sqlite, snapshot_path=str(snap))
+        sqlite.close()
+        assert g.loaded_from == "database"
+    finally:
+        for g in opened:
+            g.close()
+
+
+def test_a_gateway_writes_its_index_snapshot_when_it_changed(postgres, rng, tmp_path):
+    url, path = postgres.database(), tmp_path / "index.snap"
+    a = Gallery.from_url(url, snapshot_path=str(path), snapshot_interval_s=0.05)
+    b = None
+    try:
+        a.enroll("x", "X", None, [tpl(rng)])
+        wait_for(lambda: path.exists(), 5)
+        a.enroll("y", "Y", None, [tpl(rng)])
+        from mobidem.gallery import snapshot
+
+        wait_for(lambda: snapshot.describe(path)["seq"] == 2, 5)
+        b = Gallery.from_url(url, snapshot_path=str(path))
+        assert b.loaded_from == "snapshot" and b.index.identity_count() == 2
+    finally:
+        a.close()
+        if b is not None:
+            b.close()
+
+
 def terminate_backends(postgres, url) -> int:
     name = url.rsplit("/", 1)[1]
     rows = postgres.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
@@ -403,7 +543,7 @@ def test_two_gateways_share_one_gallery(faces, postgres, start_server):
         assert not identified(cb, photos[0], first.id)
 
 
-def test_restarted_gateway_catches_up_and_survives_killed_connections(faces, postgres, start_server):
+def test_restarted_gateway_catches_up_and_survives_killed_connections(faces, postgres, start_server, tmp_path):
     url = postgres.database()
     ga, gb = start_server(gallery_url=url), start_server(gallery_url=url)
     p1, p2 = sorted(p.name for p in (faces / "identities").iterdir())[6:8]
@@ -411,10 +551,16 @@ def test_restarted_gateway_catches_up_and_survives_killed_connections(faces, pos
     with ga.client() as ca:
         r1 = ca.enroll(p1, [ph1[0]], face_index=0)
     gb.stop()  # B misses what follows
+    snap = tmp_path / "index.snap"  # an index snapshot written by the command a cron job runs, before the rest
+    done = subprocess.run([sys.executable, "-m", "mobidem.cli", "gallery", "snapshot", "--out", str(snap)],
+                          env=dict(os.environ, MOBIDEM_GALLERY_URL=url, MOBIDEM_DATA_DIR=str(tmp_path)),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "1 templates of 1 identities up to change 1" in done.stdout, done.stderr
     with ga.client() as ca:
         r2 = ca.enroll(p2, [ph2[0]], face_index=0)
         ca.delete_identity(r1.identity.id)
-    gb2 = start_server(gallery_url=url)
+    gb2 = start_server(gallery_url=url, gallery_snapshot_path=snap)  # starts from it, then reads the log
+    assert gb2.server.gallery.loaded_from == "snapshot"
     with gb2.client() as cb:
         assert identified(cb, ph2[0], r2.identity.id)
         assert not identified(cb, ph1[0], r1.identity.id)

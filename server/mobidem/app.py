@@ -139,7 +139,11 @@ class MobidemServer:
             self.gallery = await asyncio.to_thread(
                 Gallery.from_url, s.gallery_url.strip(), template_key=load_key(s.template_key_file, s.template_key),
                 pool_size=s.gallery_pool_size, timeout_s=s.gallery_timeout_s,
-                sync_interval_s=s.gallery_sync_interval_s)
+                sync_interval_s=s.gallery_sync_interval_s, snapshot_path=s.gallery_snapshot_path,
+                snapshot_interval_s=s.gallery_snapshot_interval_s)
+        elif s.gallery_snapshot_path:
+            raise FailedPrecondition("gallery_snapshot_path is set but gallery_url is not: index snapshots are for "
+                                     "a PostgreSQL gallery (SQLite's gallery loads without one)")
         else:
             for name in ("gallery.db", "gallery.db-wal", "gallery.db-shm"):  # templates: private before SQLite opens
                 private_file(data / name, create=name == "gallery.db")

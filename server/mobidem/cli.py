@@ -75,6 +75,33 @@ def _gallery_reembed(args) -> int:
     return 0
 
 
+def _gallery_snapshot(args) -> int:
+    import time
+
+    from mobidem import config, logs
+    from mobidem.gallery import Gallery
+    from mobidem.gallery.crypto import load_key
+
+    settings = config.load(args)
+    logs.setup(settings.log_level, settings.log_format)
+    out = args.out or settings.gallery_snapshot_path
+    if not settings.gallery_url.strip() or not out:
+        print("mobidem gallery snapshot: needs gallery_url (a PostgreSQL gallery) and a file: --out FILE or "
+              "gallery_snapshot_path", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    with Gallery.from_url(settings.gallery_url.strip(), template_key=load_key(settings.template_key_file,
+                                                                              settings.template_key),
+                          pool_size=settings.gallery_pool_size, timeout_s=settings.gallery_timeout_s,
+                          snapshot_path=settings.gallery_snapshot_path) as gallery:
+        loaded = time.perf_counter() - t0
+        seq, size = gallery.write_snapshot(out)
+        print(f"wrote {out}: {len(gallery.index)} templates of {gallery.index.identity_count()} identities up to "
+              f"change {seq}, {size / 1e6:.1f} MB (index from the {gallery.loaded_from} in {loaded:.1f} s, written "
+              f"in {time.perf_counter() - t0 - loaded:.1f} s)")
+    return 0
+
+
 def _client(args):
     import os
 
@@ -352,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       "photos (keep_enrolment_images); takes the serve settings")
     config.add_arguments(gr)
     gr.set_defaults(func=_gallery_reembed)
+    gs = g.add_parser("snapshot", help="write the PostgreSQL gallery's index snapshot (gallery_snapshot_path, or "
+                                       "--out), which gateways start from; takes the serve settings")
+    config.add_arguments(gs)
+    gs.add_argument("--out", default="", help="the file to write (default: gallery_snapshot_path)")
+    gs.set_defaults(func=_gallery_snapshot)
 
     def client_parser(name, help_text, func):
         p = sub.add_parser(name, help=help_text)

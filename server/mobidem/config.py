@@ -128,6 +128,12 @@ class Settings:
                                             "connection before a call fails UNAVAILABLE")
     gallery_sync_interval_s: float = setting(1.0, "PostgreSQL gallery: the change log is read at least this "
                                                   "often even without a notification")
+    gallery_snapshot_path: str = setting("", "PostgreSQL gallery: an index snapshot file; a gateway starts its "
+                                              "index from it when it fits the database (then reads only the later "
+                                              "changes) and writes it every gallery_snapshot_interval_s; empty: off")
+    gallery_snapshot_interval_s: float = setting(3600.0, "PostgreSQL gallery: write the index snapshot this often "
+                                                         "when the index changed; 0: only read it (`mobidem gallery "
+                                                         "snapshot` writes it)")
     change_log_retention_s: float = setting(7 * 24 * 3600.0, "PostgreSQL gallery: changes older than this are "
                                             "trimmed from the change log (a gateway further behind reloads its index "
                                             "from a snapshot); 0 keeps them all")

@@ -2,7 +2,8 @@
 
 Pure Python + numpy + a database driver; no protobuf/gRPC here (the API layer converts at the edge).
 The store is SQLite (embedded, the default) or PostgreSQL (shared by several gateways, each following
-its change log: gallery/postgres.py, gallery/follower.py); gallery/backends.py picks one from a URL.
+its change log: gallery/postgres.py, gallery/follower.py); gallery/backends.py picks one from a URL. A
+gateway on a shared store may start its index from a snapshot file and the log after it (gallery/snapshot.py).
 
     gallery = Gallery.open("/var/lib/mobidem/gallery.db")
     gallery = Gallery.from_url("postgresql://mobidem@db/mobidem")
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
@@ -77,38 +79,104 @@ class Gallery:
     commit, once it is committed: the follower applies it when the database is back)."""
 
     def __init__(self, store: GalleryStore, index: SearchIndex | None = None, *,
-                 sync_interval_s: float = 1.0) -> None:
+                 sync_interval_s: float = 1.0, snapshot_path: str = "", snapshot_interval_s: float = 0.0) -> None:
         self.store = store
         self._write_lock = threading.Lock()  # orders store commit + index update across writers
         self._names: dict[str, str] = {}  # display names for search results, kept in step with writes
         self.metrics: dict[str, str] = {}  # embedder model name -> its metric ("euclidean" when absent)
         self.follower = None
+        self.snapshot_path = snapshot_path
+        self.loaded_from = "database"  # or "snapshot": where the index came from at start
+        self.snapshot_refused = ""  # why a configured snapshot file was not used ("" when it was, or none is set)
+        self._snapshotter = None
+        if snapshot_path and not isinstance(store, ChangeFeed):
+            raise GalleryError("gallery_snapshot_path needs a gallery shared through a change log (gallery_url = "
+                               "postgresql://…): SQLite's gallery has no log to catch up from")
         if isinstance(store, ChangeFeed):
             from .follower import ChangeFollower
 
             seq = 0
             if index is None:
-                index = GalleryIndex(dim=store.dim)
-                seq, names = store.load_snapshot(index.add_records)
-                self._names.update(names)
+                snap = self._read_snapshot(store, snapshot_path) if snapshot_path else None
+                if snap is not None:
+                    index, seq = GalleryIndex.from_arrays(snap.arrays), snap.seq
+                    self._names.update(snap.names)
+                    self.loaded_from = "snapshot"
+                else:
+                    index = GalleryIndex(dim=store.dim)
+                    seq, names = store.load_snapshot(index.add_records)
+                    self._names.update(names)
             else:
                 seq = store.last_seq()
             self.index = index
             self.follower = ChangeFollower(store, self, seq, sync_interval_s=sync_interval_s,
-                                           connect_timeout_s=getattr(store, "_timeout", 5.0)).start()
+                                           connect_timeout_s=getattr(store, "_timeout", 5.0))
+            if self.loaded_from == "snapshot":  # what was committed after the snapshot, before serving anything
+                n = self.follower.catch_up()
+                log.info("gallery index: snapshot %s at change %d + %d later changes from the log",
+                         snapshot_path, seq, n)
+            self.follower.start()
+            if snapshot_path and snapshot_interval_s > 0:
+                self._snapshotter = _Snapshotter(self, float(snapshot_interval_s)).start()
         else:
             self.index = index if index is not None else GalleryIndex.from_store(store)
+
+    def _read_snapshot(self, store, path: str):
+        from . import snapshot
+
+        t0 = time.perf_counter()
+        try:
+            snap = snapshot.read(path, dim=store.dim, fingerprint_of=store.change_fingerprint,
+                                 cipher=getattr(store, "cipher", None))
+        except (snapshot.SnapshotRefused, OSError) as exc:
+            self.snapshot_refused = str(exc)
+            level = logging.INFO if isinstance(exc, snapshot.SnapshotRefused) and "no snapshot file" in str(exc) \
+                else logging.WARNING
+            log.log(level, "gallery index snapshot not used: %s; loading every template from %s", exc,
+                    getattr(store, "where", "the store"))
+            return None
+        log.info("gallery index snapshot %s read in %.1f s (change %d, %d templates)", path,
+                 time.perf_counter() - t0, snap.seq, sum(len(t) for *_, t in snap.arrays.segments))
+        return snap
+
+    def write_snapshot(self, path: str = "") -> tuple[int, int]:
+        """Write this gateway's index to an index snapshot file (``path``, else ``snapshot_path``), atomically.
+        Returns (the change it ends with, its size in bytes). Only for a store with a change log."""
+        from . import snapshot
+
+        path = path or self.snapshot_path
+        if self.follower is None or not path:
+            raise GalleryError("an index snapshot needs a gallery shared through a change log and a file to write")
+        with self.follower._lock:  # the index and the change it ends with agree
+            seq = self.follower.applied_seq
+            arrays = self.index.export()
+            names = dict(self._names)
+        fingerprint = self.store.change_fingerprint(seq)
+        if fingerprint is None:  # trimmed meanwhile: a reader could not check it
+            raise GalleryError(f"change {seq} left the log before the snapshot was written; write it again")
+        size = snapshot.write(path, snapshot.Snapshot(seq, arrays, names, time.time()), fingerprint,
+                              getattr(self.store, "cipher", None))
+        return seq, size
 
     @classmethod
     def open(cls, path: str, **store_kwargs) -> Gallery:
         return cls(SqliteGallery(path, **store_kwargs))
 
     @classmethod
-    def from_url(cls, url: str, *, sync_interval_s: float = 1.0, **store_kwargs) -> Gallery:
-        """The gallery a URL names (gallery/backends.py): a SQLite path or ``postgresql://…``."""
+    def from_url(cls, url: str, *, sync_interval_s: float = 1.0, snapshot_path: str = "",
+                 snapshot_interval_s: float = 0.0, **store_kwargs) -> Gallery:
+        """The gallery a URL names (gallery/backends.py): a SQLite path or ``postgresql://…``; with
+        ``snapshot_path`` its index starts from that snapshot file when it fits (gallery/snapshot.py) and,
+        with ``snapshot_interval_s``, is written there that often when it changed."""
         from .backends import open_store
 
-        return cls(open_store(url, **store_kwargs), sync_interval_s=sync_interval_s)
+        store = open_store(url, **store_kwargs)
+        try:
+            return cls(store, sync_interval_s=sync_interval_s, snapshot_path=snapshot_path,
+                       snapshot_interval_s=snapshot_interval_s)
+        except BaseException:
+            store.close()
+            raise
 
     def _apply(self, changes: Sequence[Change], records: Mapping[str, TemplateRecord]) -> None:
         """Apply changes of a shared store's log (called by the follower, under its lock)."""
@@ -240,6 +308,8 @@ class Gallery:
             self.index = GalleryIndex.from_store(self.store)
 
     def close(self) -> None:
+        if self._snapshotter is not None:
+            self._snapshotter.stop()
         if self.follower is not None:
             self.follower.stop()
         self.store.close()
@@ -249,3 +319,36 @@ class Gallery:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _Snapshotter:
+    """Writes the gateway's index snapshot every ``interval_s`` when the index changed since the last one."""
+
+    def __init__(self, gallery: Gallery, interval_s: float) -> None:
+        self.gallery = gallery
+        self.interval_s = interval_s
+        self.written_seq = gallery.follower.applied_seq if gallery.loaded_from == "snapshot" else -1
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gallery-snapshot", daemon=True)
+
+    def start(self) -> _Snapshotter:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            if self.gallery.follower.applied_seq == self.written_seq:
+                continue
+            t0 = time.perf_counter()
+            try:
+                self.written_seq, size = self.gallery.write_snapshot()
+            except Exception as exc:  # noqa: BLE001 - the next interval tries again
+                log.warning("gallery index snapshot not written to %s: %s", self.gallery.snapshot_path, exc)
+                continue
+            log.info("gallery index snapshot written to %s (change %d, %.0f MB) in %.1f s", self.gallery.snapshot_path,
+                     self.written_seq, size / 1e6, time.perf_counter() - t0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(60)

@@ -98,6 +98,19 @@ class TemplateCipher:
         out = self._aead.encrypt(nonce, plaintext, self._ad(template_id, identity_id))
         return out[:-TAG_BYTES], nonce + out[-TAG_BYTES:]
 
+    def seal_bytes(self, nonce: bytes, data, associated_data: bytes) -> bytes:
+        """AES-GCM under the template key for other things at rest (index snapshots): ciphertext || tag."""
+        return self._aead.encrypt(nonce, bytes(data), associated_data)
+
+    def open_bytes(self, nonce: bytes, data, associated_data: bytes) -> bytes | None:
+        """The plaintext of ``seal_bytes``'s output, or None when it does not open (another key, altered)."""
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            return self._aead.decrypt(nonce, bytes(data), associated_data)
+        except InvalidTag:
+            return None
+
     def open(self, ciphertext: bytes, sealing: bytes, template_id: str, identity_id: str) -> bytes:
         from cryptography.exceptions import InvalidTag
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from .errors import InvalidArgument
 from .records import DEFAULT_DIM, Match, SearchResult, TemplateRecord
+from .snapshot import IndexArrays
 
 MAX_K = 1000
 METRICS = ("euclidean", "cosine")
@@ -133,6 +134,41 @@ class GalleryIndex:
     def from_store(cls, store) -> GalleryIndex:
         idx = cls(dim=store.dim)
         idx.add_records(store.iter_templates())
+        return idx
+
+    def export(self) -> IndexArrays:
+        """The index as arrays (views of the published rows, no copy), for an index snapshot."""
+        with self._lock:
+            identity_ids = list(self._id_of)
+            segments = []
+            for key, seg in self._segments.items():
+                emb, _, codes, tids, n = seg.snapshot()
+                segments.append((key, emb, codes, tids[:n]))
+        return IndexArrays(self.dim, identity_ids, segments)
+
+    @classmethod
+    def from_arrays(cls, arrays: IndexArrays) -> GalleryIndex:
+        """An index holding ``arrays`` (gallery/snapshot.py). The embedding arrays may have spare rows past
+        their codes' length: appends use them before copying."""
+        idx = cls(dim=arrays.dim)
+        idx._id_of = list(arrays.identity_ids)
+        idx._code_of = {identity_id: code for code, identity_id in enumerate(idx._id_of)}
+        if len(idx._code_of) != len(idx._id_of):
+            raise InvalidArgument("an index's identity ids must be distinct")
+        for key, emb, codes, tids in arrays.segments:
+            n = codes.shape[0]
+            seg = idx._segments[key] = _Segment(arrays.dim, capacity=0)
+            if emb.shape[0] < n or emb.shape[1:] != (arrays.dim,) or emb.dtype != np.float32 or len(tids) != n:
+                raise InvalidArgument(f"index arrays of {key} are inconsistent")
+            seg.emb, seg.tids = emb, list(tids)
+            seg.codes = np.empty(emb.shape[0], dtype=np.int64)  # the same capacity as the embeddings
+            seg.codes[:n] = codes
+            seg.sq = np.empty(emb.shape[0], dtype=np.float32)
+            np.einsum("ij,ij->i", emb[:n], emb[:n], out=seg.sq[:n])
+            present, counts = np.unique(seg.codes[:n], return_counts=True)
+            seg.members = dict(zip(present.tolist(), counts.tolist()))
+            idx._enrolled.update(seg.members)
+            seg.n = n
         return idx
 
     def _code(self, identity_id: str) -> int:

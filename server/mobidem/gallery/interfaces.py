@@ -53,6 +53,11 @@ class ChangeFeed(Protocol):
         """The newest change's seq (0: none)."""
         ...
 
+    def change_fingerprint(self, seq: int) -> str | None:
+        """What identifies change ``seq`` in this log (None: not in it); an index snapshot ending at ``seq``
+        is used only while it matches (gallery/snapshot.py)."""
+        ...
+
     def changes_since(self, seq: int, limit: int = 1000) -> tuple[list[Change], dict[str, TemplateRecord]]:
         """Changes after ``seq`` in order (at most ``limit``), and the templates of their upserts that still
         exist, by template id (a template deleted since is absent: it must not be added back). Raises

@@ -436,6 +436,20 @@ class PostgresGallery:
         with self._conn() as c:
             return c.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
 
+    def change_fingerprint(self, seq: int) -> str | None:
+        """What identifies change ``seq`` in this database's log (None: not in it, trimmed or never written):
+        an index snapshot that ends at ``seq`` is used only while the log still holds the same change."""
+        if seq == 0:
+            return "0"
+        with self._conn() as c:
+            row = c.execute("SELECT op, identity_id, at FROM changes WHERE seq = %s", (seq,)).fetchone()
+        return None if row is None else f"{seq} {row[0]} {row[1]} {row[2]!r}"
+
+    @property
+    def cipher(self) -> TemplateCipher | None:
+        """The template key's cipher (None: templates are stored in plaintext)."""
+        return self._cipher
+
     def load_snapshot(self, sink: Callable[[Iterator[TemplateRecord]], object]) -> tuple[int, dict[str, str]]:
         with self._conn() as c, c.transaction():
             c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
