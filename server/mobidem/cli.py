@@ -79,6 +79,7 @@ def _gallery_snapshot(args) -> int:
     import time
 
     from mobidem import config, logs
+    from mobidem.app import gallery_ann
     from mobidem.gallery import Gallery
     from mobidem.gallery.crypto import load_key
 
@@ -93,7 +94,7 @@ def _gallery_snapshot(args) -> int:
     with Gallery.from_url(settings.gallery_url.strip(), template_key=load_key(settings.template_key_file,
                                                                               settings.template_key),
                           pool_size=settings.gallery_pool_size, timeout_s=settings.gallery_timeout_s,
-                          snapshot_path=settings.gallery_snapshot_path) as gallery:
+                          snapshot_path=settings.gallery_snapshot_path, ann=gallery_ann(settings)) as gallery:
         loaded = time.perf_counter() - t0
         seq, size = gallery.write_snapshot(out)
         print(f"wrote {out}: {len(gallery.index)} templates of {gallery.index.identity_count()} identities up to "

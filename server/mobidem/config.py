@@ -128,6 +128,12 @@ class Settings:
                                             "connection before a call fails UNAVAILABLE")
     gallery_sync_interval_s: float = setting(1.0, "PostgreSQL gallery: the change log is read at least this "
                                                   "often even without a notification")
+    gallery_ann: str = setting("", "approximate 1:N search for large galleries: empty = exact search only; ivf = "
+                                   "a FAISS IVF index proposes candidates in segments of at least "
+                                   "gallery_ann_min_templates templates (needs mobidem[ann]; docs/SCALING.md)")
+    gallery_ann_min_templates: int = setting(200_000, "gallery_ann: a segment (one embedder version) this large "
+                                                      "gets the approximate index when the gallery is loaded")
+    gallery_ann_nprobe: int = setting(256, "gallery_ann: IVF lists searched per probe (more: higher recall, slower)")
     gallery_snapshot_path: str = setting("", "PostgreSQL gallery: an index snapshot file; a gateway starts its "
                                               "index from it when it fits the database (then reads only the later "
                                               "changes) and writes it every gallery_snapshot_interval_s; empty: off")

@@ -25,6 +25,7 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 
 from .errors import GalleryCorrupt, GalleryError, IdempotencyConflict, InvalidArgument, NotFound, SchemaTooNew
+from .ann import AnnConfig
 from .index import GalleryIndex, distance
 from .interfaces import Change, ChangeFeed, SearchIndex
 from .records import (
@@ -42,6 +43,7 @@ from .store import GalleryStore, SqliteGallery, compute_request_hash
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "AnnConfig",
     "Change",
     "ChangeFeed",
     "DEFAULT_DIM",
@@ -79,8 +81,10 @@ class Gallery:
     commit, once it is committed: the follower applies it when the database is back)."""
 
     def __init__(self, store: GalleryStore, index: SearchIndex | None = None, *,
-                 sync_interval_s: float = 1.0, snapshot_path: str = "", snapshot_interval_s: float = 0.0) -> None:
+                 sync_interval_s: float = 1.0, snapshot_path: str = "", snapshot_interval_s: float = 0.0,
+                 ann: AnnConfig | None = None) -> None:
         self.store = store
+        self.ann = ann
         self._write_lock = threading.Lock()  # orders store commit + index update across writers
         self._names: dict[str, str] = {}  # display names for search results, kept in step with writes
         self.metrics: dict[str, str] = {}  # embedder model name -> its metric ("euclidean" when absent)
@@ -99,13 +103,14 @@ class Gallery:
             if index is None:
                 snap = self._read_snapshot(store, snapshot_path) if snapshot_path else None
                 if snap is not None:
-                    index, seq = GalleryIndex.from_arrays(snap.arrays), snap.seq
+                    index, seq = GalleryIndex.from_arrays(snap.arrays, ann=ann), snap.seq
                     self._names.update(snap.names)
                     self.loaded_from = "snapshot"
                 else:
-                    index = GalleryIndex(dim=store.dim)
+                    index = GalleryIndex(dim=store.dim, ann=ann)
                     seq, names = store.load_snapshot(index.add_records)
                     self._names.update(names)
+                self._build_ann(index)
             else:
                 seq = store.last_seq()
             self.index = index
@@ -119,7 +124,15 @@ class Gallery:
             if snapshot_path and snapshot_interval_s > 0:
                 self._snapshotter = _Snapshotter(self, float(snapshot_interval_s)).start()
         else:
-            self.index = index if index is not None else GalleryIndex.from_store(store)
+            self.index = index if index is not None else GalleryIndex.from_store(store, ann=ann)
+
+    @staticmethod
+    def _build_ann(index: GalleryIndex) -> None:
+        t0 = time.perf_counter()
+        built = index.build_ann()
+        if built:
+            log.info("gallery index: approximate search trained for %s in %.1f s",
+                     ", ".join(f"{m}:{v}" for m, v in built), time.perf_counter() - t0)
 
     def _read_snapshot(self, store, path: str):
         from . import snapshot
@@ -127,7 +140,7 @@ class Gallery:
         t0 = time.perf_counter()
         try:
             snap = snapshot.read(path, dim=store.dim, fingerprint_of=store.change_fingerprint,
-                                 cipher=getattr(store, "cipher", None))
+                                 cipher=getattr(store, "cipher", None), with_ann=self.ann is not None)
         except (snapshot.SnapshotRefused, OSError) as exc:
             self.snapshot_refused = str(exc)
             level = logging.INFO if isinstance(exc, snapshot.SnapshotRefused) and "no snapshot file" in str(exc) \
@@ -136,7 +149,7 @@ class Gallery:
                     getattr(store, "where", "the store"))
             return None
         log.info("gallery index snapshot %s read in %.1f s (change %d, %d templates)", path,
-                 time.perf_counter() - t0, snap.seq, sum(len(t) for *_, t in snap.arrays.segments))
+                 time.perf_counter() - t0, snap.seq, sum(seg[2].shape[0] for seg in snap.arrays.segments))
         return snap
 
     def write_snapshot(self, path: str = "") -> tuple[int, int]:
@@ -159,12 +172,12 @@ class Gallery:
         return seq, size
 
     @classmethod
-    def open(cls, path: str, **store_kwargs) -> Gallery:
-        return cls(SqliteGallery(path, **store_kwargs))
+    def open(cls, path: str, *, ann: AnnConfig | None = None, **store_kwargs) -> Gallery:
+        return cls(SqliteGallery(path, **store_kwargs), ann=ann)
 
     @classmethod
     def from_url(cls, url: str, *, sync_interval_s: float = 1.0, snapshot_path: str = "",
-                 snapshot_interval_s: float = 0.0, **store_kwargs) -> Gallery:
+                 snapshot_interval_s: float = 0.0, ann: AnnConfig | None = None, **store_kwargs) -> Gallery:
         """The gallery a URL names (gallery/backends.py): a SQLite path or ``postgresql://…``; with
         ``snapshot_path`` its index starts from that snapshot file when it fits (gallery/snapshot.py) and,
         with ``snapshot_interval_s``, is written there that often when it changed."""
@@ -173,7 +186,7 @@ class Gallery:
         store = open_store(url, **store_kwargs)
         try:
             return cls(store, sync_interval_s=sync_interval_s, snapshot_path=snapshot_path,
-                       snapshot_interval_s=snapshot_interval_s)
+                       snapshot_interval_s=snapshot_interval_s, ann=ann)
         except BaseException:
             store.close()
             raise
@@ -294,8 +307,9 @@ class Gallery:
 
     def _load_snapshot(self) -> None:
         """Replace the index by a fresh snapshot of the shared store (with the follower's lock held)."""
-        index = GalleryIndex(dim=self.store.dim)
+        index = GalleryIndex(dim=self.store.dim, ann=self.ann)
         seq, names = self.store.load_snapshot(index.add_records)
+        self._build_ann(index)
         self.index, self.follower.applied_seq = index, seq
         self._names = dict(names)
 
@@ -305,7 +319,7 @@ class Gallery:
                 self._load_snapshot()
             return
         with self._write_lock:
-            self.index = GalleryIndex.from_store(self.store)
+            self.index = GalleryIndex.from_store(self.store, ann=self.ann)
 
     def close(self) -> None:
         if self._snapshotter is not None:

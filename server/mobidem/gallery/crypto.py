@@ -107,7 +107,7 @@ class TemplateCipher:
         from cryptography.exceptions import InvalidTag
 
         try:
-            return self._aead.decrypt(nonce, bytes(data), associated_data)
+            return self._aead.decrypt(nonce, data, associated_data)
         except InvalidTag:
             return None
 

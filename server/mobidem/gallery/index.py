@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Collection, Iterable
+from contextlib import nullcontext
 
 import numpy as np
 
 from .errors import InvalidArgument
 from .records import DEFAULT_DIM, Match, SearchResult, TemplateRecord
+from .ann import AnnConfig, IvfAccelerator
 from .snapshot import IndexArrays
 
 MAX_K = 1000
@@ -62,7 +64,7 @@ def distance(a: np.ndarray, b: np.ndarray, metric: str = "euclidean") -> float:
 class _Segment:
     """Templates of one embedder version. Rows [0, n) are immutable once published."""
 
-    __slots__ = ("dim", "n", "emb", "sq", "codes", "tids", "members")
+    __slots__ = ("dim", "n", "emb", "sq", "codes", "tids", "members", "accel")
 
     def __init__(self, dim: int, capacity: int = 1024) -> None:
         self.dim = dim
@@ -72,8 +74,18 @@ class _Segment:
         self.codes = np.empty(capacity, dtype=np.int64)
         self.tids: list[str] = []
         self.members: dict[int, int] = {}  # identity code -> template count in this segment
+        self.accel: IvfAccelerator | None = None  # candidate rows for large segments (gallery/ann.py)
+
+    def _accel_lock(self):
+        return self.accel.lock if self.accel is not None else nullcontext()
 
     def append(self, embs: np.ndarray, codes: np.ndarray, tids: list[str]) -> None:
+        with self._accel_lock():
+            if self.accel is not None:
+                self.accel.add(embs, self.n)
+            self._append(embs, codes, tids)
+
+    def _append(self, embs: np.ndarray, codes: np.ndarray, tids: list[str]) -> None:
         m = embs.shape[0]
         need = self.n + m
         if need > self.emb.shape[0]:
@@ -97,6 +109,11 @@ class _Segment:
         removed = self.members.pop(code, 0)
         if not removed:
             return 0
+        with self._accel_lock():
+            self._remove(code)
+        return removed
+
+    def _remove(self, code: int) -> None:
         keep = np.flatnonzero(self.codes[: self.n] != code)
         cap = max(1024, keep.shape[0] * 2)
         emb = np.empty((cap, self.dim), dtype=np.float32)
@@ -107,9 +124,10 @@ class _Segment:
         sq[:k] = self.sq[keep]
         cd[:k] = self.codes[keep]
         tids = [self.tids[i] for i in keep.tolist()]
+        if self.accel is not None:
+            self.accel.compact(keep, self.n)
         # Replace wholesale: snapshots taken before keep the old arrays.
         self.emb, self.sq, self.codes, self.tids, self.n = emb, sq, cd, tids, k
-        return removed
 
     def snapshot(self):
         n = self.n
@@ -119,8 +137,9 @@ class _Segment:
 class GalleryIndex:
     """Exact nearest-identity search, kept in step with a ``GalleryStore``."""
 
-    def __init__(self, dim: int = DEFAULT_DIM) -> None:
+    def __init__(self, dim: int = DEFAULT_DIM, ann: AnnConfig | None = None) -> None:
         self.dim = int(dim)
+        self.ann = ann  # approximate search for large segments (gallery/ann.py); None: exact only
         self._lock = threading.Lock()
         self._segments: dict[tuple[str, str], _Segment] = {}
         self._code_of: dict[str, int] = {}
@@ -131,10 +150,30 @@ class GalleryIndex:
     # -- building
 
     @classmethod
-    def from_store(cls, store) -> GalleryIndex:
-        idx = cls(dim=store.dim)
+    def from_store(cls, store, ann: AnnConfig | None = None) -> GalleryIndex:
+        idx = cls(dim=store.dim, ann=ann)
         idx.add_records(store.iter_templates())
+        idx.build_ann()
         return idx
+
+    def build_ann(self) -> list[tuple[str, str]]:
+        """Train an accelerator for every segment of at least ``ann.min_templates`` rows that has none
+        (after a load; writers may go on meanwhile). Returns the segments it trained."""
+        built = []
+        if self.ann is None:
+            return built
+        for key, seg in list(self._segments.items()):
+            while seg.accel is None and seg.n >= self.ann.min_templates:
+                base, n = seg.emb, seg.n
+                accel = IvfAccelerator.train(base[:n], self.ann)
+                with self._lock, accel.lock:
+                    if seg.emb is not base:  # a deletion compacted the rows meanwhile: train again
+                        continue
+                    if seg.n > n:  # appended meanwhile
+                        accel.add(seg.emb[n:seg.n], n)
+                    seg.accel = accel
+                built.append(key)
+        return built
 
     def export(self) -> IndexArrays:
         """The index as arrays (views of the published rows, no copy), for an index snapshot."""
@@ -142,20 +181,23 @@ class GalleryIndex:
             identity_ids = list(self._id_of)
             segments = []
             for key, seg in self._segments.items():
-                emb, _, codes, tids, n = seg.snapshot()
-                segments.append((key, emb, codes, tids[:n]))
+                with seg._accel_lock():  # rows and accelerator agree
+                    emb, _, codes, tids, n = seg.snapshot()
+                    ann = seg.accel.serialize() if seg.accel is not None else None
+                segments.append((key, emb, codes, tids[:n], ann))
         return IndexArrays(self.dim, identity_ids, segments)
 
     @classmethod
-    def from_arrays(cls, arrays: IndexArrays) -> GalleryIndex:
+    def from_arrays(cls, arrays: IndexArrays, ann: AnnConfig | None = None) -> GalleryIndex:
         """An index holding ``arrays`` (gallery/snapshot.py). The embedding arrays may have spare rows past
-        their codes' length: appends use them before copying."""
-        idx = cls(dim=arrays.dim)
+        their codes' length: appends use them before copying. A segment's accelerator is kept when ``ann``
+        is set (then ``build_ann`` trains those a large segment lacks)."""
+        idx = cls(dim=arrays.dim, ann=ann)
         idx._id_of = list(arrays.identity_ids)
-        idx._code_of = {identity_id: code for code, identity_id in enumerate(idx._id_of)}
+        idx._code_of = dict(zip(idx._id_of, range(len(idx._id_of))))
         if len(idx._code_of) != len(idx._id_of):
             raise InvalidArgument("an index's identity ids must be distinct")
-        for key, emb, codes, tids in arrays.segments:
+        for key, emb, codes, tids, ann_state in arrays.segments:
             n = codes.shape[0]
             seg = idx._segments[key] = _Segment(arrays.dim, capacity=0)
             if emb.shape[0] < n or emb.shape[1:] != (arrays.dim,) or emb.dtype != np.float32 or len(tids) != n:
@@ -169,6 +211,11 @@ class GalleryIndex:
             seg.members = dict(zip(present.tolist(), counts.tolist()))
             idx._enrolled.update(seg.members)
             seg.n = n
+            if ann is not None and ann_state is not None:
+                meta, blob, serial_of_row = ann_state
+                if serial_of_row.shape[0] != n:
+                    raise InvalidArgument(f"the accelerator of {key} does not match its rows")
+                seg.accel = IvfAccelerator.deserialize(meta, blob, serial_of_row, ann.nprobe)
         return idx
 
     def _code(self, identity_id: str) -> int:
@@ -310,6 +357,9 @@ class GalleryIndex:
             id_of = self._id_of  # append-only list: safe to read outside the lock
             allowed = None if only is None else [self._code_of[i] for i in only if i in self._code_of]
         skipped = total - n
+        accel = seg.accel if seg is not None else None
+        if accel is not None and allowed is None and metric == "euclidean" and n:
+            return self._search_ann(seg, accel, q, k, max_distance, stale, total, id_of)
         if allowed is not None and n:
             rows = np.flatnonzero(np.isin(codes, np.asarray(allowed, np.int64)))
             emb, sq, codes, tids, n = emb[rows], sq[rows], codes[rows], [tids[i] for i in rows.tolist()], len(rows)
@@ -342,15 +392,34 @@ class GalleryIndex:
         # First occurrences in d2 order = each identity's best row; keep 2k so the exact
         # re-ranking below can fix float32 near-ties at the k-th place.
         best_rows = cand[np.sort(first)][: 2 * k]
+        return _ranked(emb, codes, tids, id_of, best_rows, q, metric, k, max_distance, stale, skipped, n)
 
-        # Exact distances for the winners (float64, no cancellation), then final order.
-        dist = _distances(emb[best_rows], q, metric)
-        order = np.argsort(dist, kind="stable")[:k]
-        matches = []
-        for i in order.tolist():
-            dv = float(dist[i])
-            if max_distance is not None and dv > max_distance:
+    def _search_ann(self, seg: _Segment, accel: IvfAccelerator, q: np.ndarray, k: int, max_distance: float | None,
+                    stale: frozenset[str], total: int, id_of: list[str]) -> SearchResult:
+        """Euclidean search of a large segment: the accelerator's candidate rows, nearest first, until they
+        hold k identities (or the probed lists hold no more), then exact distances as in ``search``."""
+        m = max(4 * k, 32)
+        while True:
+            with accel.lock:
+                emb, _, codes, tids, n = seg.snapshot()
+                cand = accel.candidates(q, min(m, n))
+            _, first = np.unique(codes[cand], return_index=True)
+            if first.shape[0] >= k or cand.shape[0] < min(m, n) or m >= n:
                 break
-            row = int(best_rows[i])
-            matches.append(Match(id_of[int(codes[row])], dv, tids[row]))
-        return SearchResult(matches, stale, skipped, n)
+            m *= 4
+        best_rows = cand[np.sort(first)][: 2 * k]
+        return _ranked(emb, codes, tids, id_of, best_rows, q, "euclidean", k, max_distance, stale, total - n, n)
+
+
+def _ranked(emb, codes, tids, id_of, best_rows, q, metric, k, max_distance, stale, skipped, n) -> SearchResult:
+    """The k best of ``best_rows`` (one row per identity) by exact distance (float64, no cancellation)."""
+    dist = _distances(emb[best_rows], q, metric)
+    order = np.argsort(dist, kind="stable")[:k]
+    matches = []
+    for i in order.tolist():
+        dv = float(dist[i])
+        if max_distance is not None and dv > max_distance:
+            break
+        row = int(best_rows[i])
+        matches.append(Match(id_of[int(codes[row])], dv, tids[row]))
+    return SearchResult(matches, stale, skipped, n)

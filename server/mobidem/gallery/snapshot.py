@@ -49,11 +49,12 @@ class SnapshotRefused(GalleryError):
 @dataclass
 class IndexArrays:
     """What an exact index holds, as arrays: identity ids by code, and per (model_name, model_version) the
-    float32 embeddings, their identity codes and template ids."""
+    float32 embeddings, their identity codes, template ids and its accelerator's state (gallery/ann.py:
+    (meta, [(name, array)]) when written, (meta, FAISS bytes, serial of each row) when read; None: none)."""
 
     dim: int
     identity_ids: list[str]
-    segments: list[tuple[tuple[str, str], np.ndarray, np.ndarray, list[str]]]
+    segments: list[tuple[tuple[str, str], np.ndarray, np.ndarray, list[str], object]]
 
 
 @dataclass
@@ -96,14 +97,17 @@ def write(path: str | os.PathLike, snap: Snapshot, fingerprint: str, cipher=None
         ("names", memoryview(_joined([v for _, v in names], "display name"))),
     ]
     segments = []
-    for i, ((model_name, model_version), emb, codes, tids) in enumerate(a.segments):
+    for i, ((model_name, model_version), emb, codes, tids, ann) in enumerate(a.segments):
         n = emb.shape[0]
         if emb.dtype != np.float32 or emb.shape != (n, a.dim) or codes.shape != (n,) or len(tids) != n:
             raise GalleryError(f"cannot write an index snapshot: segment {model_name}:{model_version} is inconsistent")
-        segments.append({"model_name": model_name, "model_version": model_version, "n": n})
+        segments.append({"model_name": model_name, "model_version": model_version, "n": n,
+                         "ann": ann[0] if ann is not None else None})
         sections += [(f"seg{i}.emb", memoryview(np.ascontiguousarray(emb)).cast("B")),
                      (f"seg{i}.codes", memoryview(np.ascontiguousarray(codes, dtype="<i8")).cast("B")),
                      (f"seg{i}.tids", memoryview(_joined(tids, "template id")))]
+        if ann is not None:
+            sections += [(f"seg{i}.{name}", memoryview(np.ascontiguousarray(arr)).cast("B")) for name, arr in ann[1]]
     header = {
         "format": FORMAT, "created_at": snap.created_at, "seq": int(snap.seq), "change": fingerprint,
         "dim": a.dim, "sealed": cipher is not None, "chunk": CHUNK, "identities": len(a.identity_ids),
@@ -165,10 +169,12 @@ def read_header(f) -> tuple[dict, bytes]:
     return header, head
 
 
-def read(path: str | os.PathLike, *, dim: int, fingerprint_of, cipher=None, headroom: float = 0.125) -> Snapshot:
+def read(path: str | os.PathLike, *, dim: int, fingerprint_of, cipher=None, headroom: float = 0.125,
+         with_ann: bool = False) -> Snapshot:
     """Read a snapshot, checking it against the store: ``fingerprint_of(seq)`` is the store's fingerprint
     of change ``seq`` (None: not in its log). Raises ``SnapshotRefused`` with the reason. The embedding
-    arrays get ``headroom`` spare rows so that the first enrolments after a start do not copy them."""
+    arrays get ``headroom`` spare rows so that the first enrolments after a start do not copy them.
+    ``with_ann``: read the segments' accelerators too (else they are skipped)."""
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -217,6 +223,10 @@ def read(path: str | os.PathLike, *, dim: int, fingerprint_of, cipher=None, head
                                           "file was altered")
                 part[:] = plain
 
+        def skip(s: int) -> None:
+            nbytes = sections[s]["bytes"]
+            f.seek(nbytes + (max(1, -(-nbytes // chunk)) * (_NONCE + _TAG) if header["sealed"] else 0), os.SEEK_CUR)
+
         def strings(name: str, n: int) -> list[str]:
             s = by_name[name]
             buf = bytearray(sections[s]["bytes"])
@@ -236,7 +246,19 @@ def read(path: str | os.PathLike, *, dim: int, fingerprint_of, cipher=None, head
                 if n and (codes.min() < 0 or codes.max() >= len(identity_ids)):
                     raise SnapshotRefused("the snapshot's identity codes are out of range")
                 tids = strings(f"seg{i}.tids", n)
-                segments.append(((seg["model_name"], seg["model_version"]), emb, codes, tids))
+                ann = None
+                if seg.get("ann") is not None:
+                    blob_s, rows_s = by_name[f"seg{i}.ann"], by_name[f"seg{i}.ann_rows"]
+                    if with_ann:
+                        blob = np.empty(sections[blob_s]["bytes"], dtype=np.uint8)
+                        into(blob_s, memoryview(blob))
+                        serial_of_row = np.empty(n, dtype="<i8")
+                        into(rows_s, memoryview(serial_of_row).cast("B"))
+                        ann = (seg["ann"], blob, serial_of_row)
+                    else:
+                        skip(blob_s)
+                        skip(rows_s)
+                segments.append(((seg["model_name"], seg["model_version"]), emb, codes, tids, ann))
         except (KeyError, ValueError, UnicodeDecodeError) as exc:
             raise SnapshotRefused(f"the snapshot is damaged ({type(exc).__name__}: {exc})") from None
         if f.read(1):
