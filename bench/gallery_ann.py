@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from gallery_scale import MODEL, VERSION, _bulk, distractors, pct, real_embeddings, rss_mb, timed  # noqa: E402
 
 
-def exact_nearest(gallery: np.ndarray, queries: np.ndarray, block: int = 200_000) -> np.ndarray:
+def exact_nearest(gallery: np.ndarray, queries: np.ndarray, block: int = 50_000) -> np.ndarray:
     """Row of each query's nearest template (float32 squared L2), by blocks of the gallery."""
     best = np.full(len(queries), np.inf, np.float32)
     rows = np.zeros(len(queries), np.int64)

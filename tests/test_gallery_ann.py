@@ -17,6 +17,7 @@ pytest.importorskip("faiss", reason="FAISS is not installed (make test installs 
 
 from mobidem.gallery import AnnConfig, GalleryError  # noqa: E402
 from mobidem.gallery import snapshot as snapshots  # noqa: E402
+from mobidem.gallery.ann import IvfAccelerator  # noqa: E402
 from mobidem.gallery.index import GalleryIndex  # noqa: E402
 from mobidem.gallery.records import TemplateRecord  # noqa: E402
 
@@ -134,7 +135,7 @@ def test_a_snapshot_file_carries_the_accelerator(data, tmp_path):
     exact, ann = pair(gallery, nprobe=64)
     path = tmp_path / "index.snap"
     snapshots.write(path, snapshots.Snapshot(0, ann.export(), {}, 0.0), "0")
-    read = snapshots.read(path, dim=DIM, fingerprint_of=lambda seq: "0", with_ann=True)
+    read = snapshots.read(path, dim=DIM, fingerprint_of=lambda seq: "0", load_ann=IvfAccelerator.load_index)
     again = GalleryIndex.from_arrays(read.arrays, ann=AnnConfig(min_templates=1000, nprobe=64))
     assert again.build_ann() == []  # nothing to train: the accelerator came with the file
     assert accel(again).ivf.ntotal == len(gallery)

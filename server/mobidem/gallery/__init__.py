@@ -25,7 +25,7 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 
 from .errors import GalleryCorrupt, GalleryError, IdempotencyConflict, InvalidArgument, NotFound, SchemaTooNew
-from .ann import AnnConfig
+from .ann import AnnConfig, IvfAccelerator
 from .index import GalleryIndex, distance
 from .interfaces import Change, ChangeFeed, SearchIndex
 from .records import (
@@ -140,7 +140,8 @@ class Gallery:
         t0 = time.perf_counter()
         try:
             snap = snapshot.read(path, dim=store.dim, fingerprint_of=store.change_fingerprint,
-                                 cipher=getattr(store, "cipher", None), with_ann=self.ann is not None)
+                                 cipher=getattr(store, "cipher", None),
+                                 load_ann=IvfAccelerator.load_index if self.ann is not None else None)
         except (snapshot.SnapshotRefused, OSError) as exc:
             self.snapshot_refused = str(exc)
             level = logging.INFO if isinstance(exc, snapshot.SnapshotRefused) and "no snapshot file" in str(exc) \

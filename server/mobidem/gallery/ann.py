@@ -154,7 +154,17 @@ class IvfAccelerator:
         return ({"kind": "ivf", "nprobe": self.nprobe, "next_serial": self.next_serial},
                 [("ann", _faiss().serialize_index(self.ivf)), ("ann_rows", self.serial_of_row.copy())])
 
+    @staticmethod
+    def load_index(meta: dict, read) -> object:
+        """The FAISS index of a snapshot's accelerator section, drawn with ``read(n) -> bytes`` (streamed: no
+        second copy of its bytes in memory)."""
+        if meta.get("kind") != "ivf":
+            raise GalleryError(f"unknown approximate index {meta.get('kind')!r} in the snapshot")
+        faiss = _faiss()
+        return faiss.read_index(faiss.PyCallbackIOReader(read, 1 << 20))
+
     @classmethod
-    def deserialize(cls, meta: dict, blob: np.ndarray, serial_of_row: np.ndarray, nprobe: int) -> IvfAccelerator:
-        ivf = _faiss().deserialize_index(blob)
+    def restore(cls, meta: dict, ivf, serial_of_row: np.ndarray, nprobe: int) -> IvfAccelerator:
+        if ivf.ntotal != serial_of_row.shape[0]:
+            raise GalleryError("the snapshot's approximate index does not hold its segment's rows")
         return cls(ivf, nprobe or meta["nprobe"], serial_of_row, meta["next_serial"])

@@ -15,6 +15,13 @@ Concurrency: copy-on-write. Appends write rows past every published length (or i
 a fresh, larger buffer); deletes build new compacted arrays. A search takes a
 snapshot under the lock and computes without it, so searches run in parallel with
 each other and with writers.
+
+Large galleries (``ann``: gallery/ann.py): a segment of at least ``ann.min_templates``
+rows gets an accelerator after a load (``build_ann``) that proposes the candidate
+rows of a Euclidean search; the same exact re-ranking then gives the result. Its
+FAISS calls hold the accelerator's lock (searches of that segment take turns there).
+Exports and imports of the arrays (``export``, ``from_arrays``) serve index snapshot
+files (gallery/snapshot.py).
 """
 
 from __future__ import annotations
@@ -212,10 +219,10 @@ class GalleryIndex:
             idx._enrolled.update(seg.members)
             seg.n = n
             if ann is not None and ann_state is not None:
-                meta, blob, serial_of_row = ann_state
+                meta, ivf, serial_of_row = ann_state
                 if serial_of_row.shape[0] != n:
                     raise InvalidArgument(f"the accelerator of {key} does not match its rows")
-                seg.accel = IvfAccelerator.deserialize(meta, blob, serial_of_row, ann.nprobe)
+                seg.accel = IvfAccelerator.restore(meta, ivf, serial_of_row, ann.nprobe)
         return idx
 
     def _code(self, identity_id: str) -> int:

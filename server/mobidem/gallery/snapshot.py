@@ -72,10 +72,10 @@ def _joined(strings: list[str], what: str) -> bytes:
     return text.encode("utf-8")
 
 
-def _split(data: bytes | bytearray | memoryview, n: int) -> list[str]:
+def _split(data: bytes | bytearray, n: int) -> list[str]:
     if n == 0:
         return []
-    out = bytes(data).decode("utf-8").split(SEP)
+    out = data.decode("utf-8").split(SEP)
     if len(out) != n:
         raise SnapshotRefused(f"the snapshot's string table holds {len(out)} entries where its header says {n}")
     return out
@@ -90,9 +90,14 @@ def write(path: str | os.PathLike, snap: Snapshot, fingerprint: str, cipher=None
     """Write ``snap`` to ``path`` atomically; ``fingerprint``: the store's fingerprint of change ``snap.seq``;
     ``cipher``: the gallery's ``TemplateCipher`` (None: plaintext). Returns the file's size in bytes."""
     a = snap.arrays
-    names = sorted(snap.names.items())
+    # display names by identity code (read back with the ids' own strings), the few others apart
+    has_name = np.fromiter((i in snap.names for i in a.identity_ids), dtype=np.uint8, count=len(a.identity_ids))
+    known = set(a.identity_ids)
+    names = sorted((k, v) for k, v in snap.names.items() if k not in known)
     sections: list[tuple[str, memoryview]] = [
         ("identities", memoryview(_joined(a.identity_ids, "identity id"))),
+        ("identity_names", memoryview(_joined([snap.names.get(i, "") for i in a.identity_ids], "display name"))),
+        ("has_name", memoryview(has_name)),
         ("name_ids", memoryview(_joined([k for k, _ in names], "identity id"))),
         ("names", memoryview(_joined([v for _, v in names], "display name"))),
     ]
@@ -170,11 +175,12 @@ def read_header(f) -> tuple[dict, bytes]:
 
 
 def read(path: str | os.PathLike, *, dim: int, fingerprint_of, cipher=None, headroom: float = 0.125,
-         with_ann: bool = False) -> Snapshot:
+         load_ann=None) -> Snapshot:
     """Read a snapshot, checking it against the store: ``fingerprint_of(seq)`` is the store's fingerprint
     of change ``seq`` (None: not in its log). Raises ``SnapshotRefused`` with the reason. The embedding
     arrays get ``headroom`` spare rows so that the first enrolments after a start do not copy them.
-    ``with_ann``: read the segments' accelerators too (else they are skipped)."""
+    ``load_ann(meta, read)``: builds a segment's accelerator from its bytes, drawn with ``read(n)`` (sealed
+    files stream them, each piece opened before it is handed on); None: accelerators are skipped."""
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -201,27 +207,65 @@ def read(path: str | os.PathLike, *, dim: int, fingerprint_of, cipher=None, head
         chunk = int(header["chunk"])
         by_name = {s["name"]: i for i, s in enumerate(sections)}
 
+        def opened(s: int):
+            """The pieces of sealed section s in order, each opened (authenticated) before it is yielded."""
+            nbytes = sections[s]["bytes"]
+            count = max(1, -(-nbytes // chunk))
+            for p in range(count):
+                size = min(chunk, nbytes - p * chunk)
+                blob = f.read(_NONCE + size + _TAG)
+                if len(blob) != _NONCE + size + _TAG:
+                    raise SnapshotRefused("the snapshot is truncated")
+                plain = cipher.open_bytes(blob[:_NONCE], memoryview(blob)[_NONCE:], _ad(head_hash, s, p, p == count - 1))
+                if plain is None:
+                    raise SnapshotRefused("the snapshot does not open with the template key: another key, or the "
+                                          "file was altered")
+                yield plain
+
         def into(s: int, out: memoryview) -> None:  # section s, read (and opened) into ``out``
             nbytes = sections[s]["bytes"]
             if out.nbytes != nbytes:
                 raise SnapshotRefused(f"the snapshot's section {sections[s]['name']} has the wrong size")
-            pieces = max(1, -(-nbytes // chunk))
             if not header["sealed"]:
                 if f.readinto(out) != nbytes:
                     raise SnapshotRefused("the snapshot is truncated")
                 if hashlib.sha256(out).hexdigest() != sections[s]["sha256"]:
                     raise SnapshotRefused(f"the snapshot's section {sections[s]['name']} is corrupt (SHA-256)")
                 return
-            for p in range(pieces):
-                part = out[p * chunk:(p + 1) * chunk]
-                blob = f.read(_NONCE + part.nbytes + _TAG)
-                if len(blob) != _NONCE + part.nbytes + _TAG:
-                    raise SnapshotRefused("the snapshot is truncated")
-                plain = cipher.open_bytes(blob[:_NONCE], memoryview(blob)[_NONCE:], _ad(head_hash, s, p, p == pieces - 1))
-                if plain is None:
-                    raise SnapshotRefused("the snapshot does not open with the template key: another key, or the "
-                                          "file was altered")
-                part[:] = plain
+            for p, plain in enumerate(opened(s)):
+                out[p * chunk:p * chunk + len(plain)] = plain
+
+        def stream(s: int):
+            """Section s as a ``read(n)`` callable, its pieces opened (sealed) or checked whole first (plain)."""
+            nbytes = sections[s]["bytes"]
+            if not header["sealed"]:
+                whole = bytearray(nbytes)
+                into(s, memoryview(whole))  # checksum first: nothing unchecked reaches a parser
+                pieces = iter([whole])
+            else:
+                pieces = opened(s)
+            state = {"buf": memoryview(b""), "done": 0}
+
+            def read(n: int) -> bytes:
+                out = []
+                while n > 0:
+                    buf = state["buf"]
+                    if not len(buf):
+                        nxt = next(pieces, None)
+                        if nxt is None:
+                            break
+                        buf = state["buf"] = memoryview(nxt)
+                    take = buf[:n]
+                    out.append(take)
+                    state["buf"] = buf[len(take):]
+                    n -= len(take)
+                    state["done"] += len(take)
+                return b"".join(out)
+
+            def finish() -> None:
+                if state["done"] != nbytes or len(state["buf"]) or next(pieces, None) is not None:
+                    raise SnapshotRefused(f"the snapshot's section {sections[s]['name']} was not read whole")
+            return read, finish
 
         def skip(s: int) -> None:
             nbytes = sections[s]["bytes"]
@@ -235,7 +279,12 @@ def read(path: str | os.PathLike, *, dim: int, fingerprint_of, cipher=None, head
 
         try:
             identity_ids = strings("identities", header["identities"])
-            names = dict(zip(strings("name_ids", header["names"]), strings("names", header["names"])))
+            names = dict(zip(identity_ids, strings("identity_names", header["identities"])))
+            has_name = np.empty(header["identities"], dtype=np.uint8)
+            into(by_name["has_name"], memoryview(has_name))
+            for c in np.flatnonzero(has_name == 0).tolist():
+                del names[identity_ids[c]]
+            names.update(zip(strings("name_ids", header["names"]), strings("names", header["names"])))
             segments = []
             for i, seg in enumerate(header["segments"]):
                 n = int(seg["n"])
@@ -249,12 +298,18 @@ def read(path: str | os.PathLike, *, dim: int, fingerprint_of, cipher=None, head
                 ann = None
                 if seg.get("ann") is not None:
                     blob_s, rows_s = by_name[f"seg{i}.ann"], by_name[f"seg{i}.ann_rows"]
-                    if with_ann:
-                        blob = np.empty(sections[blob_s]["bytes"], dtype=np.uint8)
-                        into(blob_s, memoryview(blob))
+                    if load_ann is not None:
+                        read_ann, finish = stream(blob_s)
+                        try:
+                            built = load_ann(seg["ann"], read_ann)
+                        except SnapshotRefused:
+                            raise
+                        except Exception as exc:  # noqa: BLE001 - FAISS's own error for damaged bytes
+                            raise SnapshotRefused(f"the snapshot's approximate index does not load: {exc}") from None
+                        finish()
                         serial_of_row = np.empty(n, dtype="<i8")
                         into(rows_s, memoryview(serial_of_row).cast("B"))
-                        ann = (seg["ann"], blob, serial_of_row)
+                        ann = (seg["ann"], built, serial_of_row)
                     else:
                         skip(blob_s)
                         skip(rows_s)
