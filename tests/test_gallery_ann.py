@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import threading
 
+import importlib.util
+
 import numpy as np
 import pytest
 
-pytest.importorskip("faiss", reason="FAISS is not installed (make test installs it: mobidem[ann])")
+from conftest import need
+from mobidem.gallery import AnnConfig, GalleryError
+from mobidem.gallery import snapshot as snapshots
+from mobidem.gallery.ann import IvfAccelerator
+from mobidem.gallery.index import GalleryIndex
+from mobidem.gallery.records import TemplateRecord
 
-from mobidem.gallery import AnnConfig, GalleryError  # noqa: E402
-from mobidem.gallery import snapshot as snapshots  # noqa: E402
-from mobidem.gallery.ann import IvfAccelerator  # noqa: E402
-from mobidem.gallery.index import GalleryIndex  # noqa: E402
-from mobidem.gallery.records import TemplateRecord  # noqa: E402
+HAVE_FAISS = importlib.util.find_spec("faiss") is not None
+
+
+@pytest.fixture(autouse=True)
+def faiss_installed():
+    need(HAVE_FAISS, "FAISS is not installed (make test installs it: mobidem[ann])")
 
 M, V, DIM = "face_multitask", "1", 128
 

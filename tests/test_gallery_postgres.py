@@ -9,6 +9,7 @@ PROPAGATION_BOUND_S.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sqlite3
 import statistics
@@ -21,7 +22,7 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import person_photos, start_failure
+from conftest import need, person_photos, start_failure
 from mobidem.gallery import Gallery, GalleryError, IdempotencyConflict, InvalidArgument, NotFound, TemplateIn
 from mobidem.gallery.backends import open_store
 from mobidem.gallery.crypto import TemplateKeyError
@@ -447,7 +448,7 @@ def test_the_approximate_index_travels_in_the_snapshot(postgres, rng, tmp_path, 
     """gallery_ann: a gateway that read every template trains the IVF index (gallery/ann.py); the snapshot it
     writes carries it, so the next gateway starts without training and answers as the first; a gateway
     without gallery_ann reads the same file and searches exactly."""
-    pytest.importorskip("faiss", reason="FAISS is not installed (make test installs it: mobidem[ann])")
+    need(importlib.util.find_spec("faiss") is not None, "FAISS is not installed (make test installs it: mobidem[ann])")
     from mobidem.gallery import AnnConfig
 
     url, path = postgres.database(), tmp_path / "index.snap"
