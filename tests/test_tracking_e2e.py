@@ -234,3 +234,45 @@ def test_two_people_crossing_never_swap_tracks(faces, tracked_server, bounce):
     assert all(len(people) == 1 for people in people_of_track.values()), people_of_track
     assert wrong == 0
     assert named["a"] >= 0.8 * len(frames) and named["b"] >= 0.6 * len(frames)  # b is hidden while they cross
+
+
+def test_near_detection_looks_everywhere_by_the_missing_faces_area(faces, triton):
+    """docs/TRACKING.md: between key frames the whole image is searched again when the faces not found near
+    their expected boxes make up half of the expected faces' area or more; a missing small face (a
+    background face of a crowd) is left to the next key frame."""
+    import asyncio
+
+    from mobidem.pipeline import Pipeline
+    from mobidem.plugins import PluginSet
+    from mobidem.triton_client import TritonClient
+
+    canvas = cv2.resize(cv2.imread(str(faces / "noface" / "skimage_1.jpg")), (1280, 720))
+    person = sorted((faces / "identities").iterdir())[0]
+    photo = cv2.imread(str(sorted(person.glob("*.jpg"))[0]))
+    canvas[100:500, 80:400] = cv2.resize(photo, (320, 400))
+    image = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
+
+    async def go():
+        client = TritonClient(triton.grpc_url)
+        pipe = Pipeline(client, PluginSet.from_config("blazeface", [EMBEDDER]))
+        try:
+            await client.plan(pipe.models)
+            found = await pipe.detect(image)
+            assert len(found) == 1, f"expected the pasted face alone, found {len(found)}"
+            face = np.asarray(found[0].box, np.float64)
+            w, h = face[2] - face[0], face[3] - face[1]
+            small_empty = np.array([1000, 600, 1000 + w / 3, 600 + h / 3])  # a ninth of the face's area
+            large_empty = np.array([700, 100, 700 + 1.5 * w, 100 + 1.5 * h])  # 2.25x its area
+            kept = await pipe.detect_near(image, np.stack([face, small_empty]))
+            lost = await pipe.detect_near(image, np.stack([face, large_empty]))
+            alone = await pipe.detect_near(image, small_empty[None])
+            return face, kept, lost, alone
+        finally:
+            pipe.close()
+            await client.close()
+
+    face, kept, lost, alone = asyncio.run(go())
+    assert kept is not None and len(kept) == 1, "a small missing face made the tracker look everywhere"
+    assert iou_matrix(face[None], np.asarray(kept[0].box)[None])[0, 0] > 0.6
+    assert lost is None, "the larger share of the expected faces is gone: the whole image must be searched"
+    assert alone is None  # nothing found at all

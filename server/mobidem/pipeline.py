@@ -187,13 +187,16 @@ class Pipeline:
     async def detect_near(self, image: np.ndarray, boxes: np.ndarray,
                           min_face_size: int = 0) -> list[Detection] | None:
         """The faces found near the expected ``boxes`` (a tracked stream between key frames), one per
-        face (two expected boxes that found the same face keep it once); None when half of them or
-        more were not found (the face left or turned away, the scene changed): then the caller looks
-        everywhere. A few missing faces of a crowd (small faces the detector sees in one frame and not
-        the next) are left to the next key frame: searching the whole frame for them every frame
-        would cost what tracking saves."""
+        face (two expected boxes that found the same face keep it once); None when the faces not found
+        make up half of the expected faces' area or more (the face left or turned away, the scene
+        changed): then the caller looks everywhere. Missing small faces of a crowd (background faces
+        the detector sees in one frame and not the next) are left to the next key frame: searching the
+        whole frame for them every frame would cost what tracking saves."""
         found = await self.plugins.detector.detect_near(image, boxes, self)
-        if 2 * sum(d is None for d in found) >= len(found):
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+        missing = np.array([d is None for d in found], bool)
+        if missing.all() or 2 * area[missing].sum() >= area.sum():
             return None
         smallest = max(self.config.min_face_px, min_face_size)
         found = sorted((d for d in found if d is not None and min(d.width, d.height) >= smallest),
