@@ -26,7 +26,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from gallery_scale import MODEL, VERSION, _bulk, distractors, pct, real_embeddings, rss_mb, timed  # noqa: E402
+from gallery_scale import (  # noqa: E402
+    MODEL, VERSION, _bulk, distractors, enrolled_and_probes, load_real, pct, queries_for, rss_mb, timed)
 
 
 def exact_nearest(gallery: np.ndarray, queries: np.ndarray, block: int = 50_000) -> np.ndarray:
@@ -55,28 +56,15 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     sys.path.insert(0, str(REPO / "server"))
-    import asyncio
-
     import faiss
 
     from mobidem.gallery import AnnConfig
     from mobidem.gallery.index import GalleryIndex, _Segment
 
     rng = np.random.default_rng(18)
-    cache = Path(args.embeddings_cache) if args.embeddings_cache else None
-    if cache and cache.exists():
-        z = np.load(cache)
-        real, people = z["real"], [str(p) for p in z["people"]]
-    else:
-        real, people = asyncio.run(real_embeddings())
-        if cache:
-            np.savez(cache, real=real, people=np.asarray(people))
+    real, people = load_real(args.embeddings_cache)
     size, dim = args.size, real.shape[1]
-    first: dict[str, int] = {}
-    for i, p in enumerate(people):
-        first.setdefault(p, i)
-    enrolled = sorted(first.values())
-    probes_real = [i for i in range(len(people)) if i not in set(enrolled)]
+    enrolled, probes_real = enrolled_and_probes(people)
     ids = [f"p{i:09d}" for i in range(size)]
 
     nprobes = [int(x) for x in args.nprobe.split(",")]
@@ -92,10 +80,7 @@ def main() -> int:
         row += len(chunk)
     result = {"size": size, "fill_s": round(time.perf_counter() - t, 1), "exact_rss_mb": round(rss_mb() - before)}
     gallery = seg.emb[:size]
-    spread = float(np.std(gallery[len(enrolled):len(enrolled) + 10000]))
-    picks = rng.integers(len(enrolled), size, args.queries)
-    synth = gallery[picks] + rng.normal(0, spread * 0.3, (len(picks), dim)).astype(np.float32)
-    queries = np.concatenate([real[probes_real], synth]).astype(np.float32)
+    queries = queries_for(gallery, real, probes_real, len(enrolled), args.queries, rng)
     result.update(queries=len(queries), real_probes=len(probes_real))
 
     t = time.perf_counter()

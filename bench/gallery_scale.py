@@ -105,6 +105,38 @@ def distractors(real: np.ndarray, n: int, rng, chunk: int = 500_000):
         yield mean.astype(np.float32) + rng.standard_normal((m, real.shape[1]), dtype=np.float32) @ chol
 
 
+def load_real(cache_path: str) -> tuple[np.ndarray, list[str]]:
+    """The real embeddings and their people, from ``cache_path`` (an .npz) when it exists, else computed
+    (real_embeddings) and, with a path, cached there."""
+    cache = Path(cache_path) if cache_path else None
+    if cache and cache.exists():
+        z = np.load(cache)
+        return z["real"], [str(p) for p in z["people"]]
+    real, people = asyncio.run(real_embeddings())
+    if cache:
+        np.savez(cache, real=real, people=np.asarray(people))
+    return real, people
+
+
+def enrolled_and_probes(people: list[str]) -> tuple[list[int], list[int]]:
+    """Rows of each person's first photo (enrolled) and of the other photos (real probes)."""
+    first: dict[str, int] = {}
+    for i, p in enumerate(people):
+        first.setdefault(p, i)
+    enrolled = sorted(first.values())
+    taken = set(enrolled)
+    return enrolled, [i for i in range(len(people)) if i not in taken]
+
+
+def queries_for(gallery: np.ndarray, real: np.ndarray, probes_real: list[int], n_enrolled: int, n_queries: int,
+                rng) -> np.ndarray:
+    """The real probes, then ``n_queries`` distractors of the gallery with noise (0.3 of their spread)."""
+    spread = float(np.std(gallery[n_enrolled:n_enrolled + 10000]))
+    picks = rng.integers(n_enrolled, gallery.shape[0], n_queries)
+    synth = gallery[picks] + rng.normal(0, spread * 0.3, (len(picks), gallery.shape[1])).astype(np.float32)
+    return np.concatenate([real[probes_real], synth]).astype(np.float32)
+
+
 def timed(fn, queries) -> tuple[list, list[float]]:
     out, times = [], []
     for q in queries:
@@ -166,11 +198,7 @@ def run(size: int, real: np.ndarray, people: list[str], n_queries: int, with_pg:
 
     from mobidem.gallery.index import GalleryIndex, _Segment
 
-    first = {}
-    for i, p in enumerate(people):
-        first.setdefault(p, i)
-    enrolled = sorted(first.values())
-    probes_real = [i for i in range(len(people)) if i not in set(enrolled)]
+    enrolled, probes_real = enrolled_and_probes(people)
     ids = [f"p{i:09d}" for i in range(size)]
     dim = real.shape[1]
     result = {"size": size}
@@ -197,11 +225,7 @@ def run(size: int, real: np.ndarray, people: list[str], n_queries: int, with_pg:
         for chunk in distractors(real, size - len(enrolled), rng):
             gallery[row:row + len(chunk)] = chunk
             row += len(chunk)
-    # probes: the real photos not enrolled, then distractors with noise (a tenth of their spread)
-    spread = float(np.std(gallery[len(enrolled):len(enrolled) + 10000]))
-    picks = rng.integers(len(enrolled), size, n_queries)  # synthetic probes, beside the real ones
-    synth = gallery[picks] + rng.normal(0, spread * 0.3, (len(picks), dim)).astype(np.float32)
-    queries = np.concatenate([real[probes_real], synth]).astype(np.float32)
+    queries = queries_for(gallery, real, probes_real, len(enrolled), n_queries, rng)
     result.update({"queries": len(queries), "real_probes": len(probes_real)})
 
     if "exact32" in methods:
@@ -319,14 +343,7 @@ def main() -> int:
 
     rng = np.random.default_rng(18)
     t = time.perf_counter()
-    cache = Path(args.embeddings_cache) if args.embeddings_cache else None
-    if cache and cache.exists():
-        z = np.load(cache)
-        real, people = z["real"], [str(p) for p in z["people"]]
-    else:
-        real, people = asyncio.run(real_embeddings())
-        if cache:
-            np.savez(cache, real=real, people=np.asarray(people))
+    real, people = load_real(args.embeddings_cache)
     print(f"{len(real)} real embeddings of {len(set(people))} people in {time.perf_counter() - t:.0f} s", flush=True)
     results = []
     methods = {m for m in args.methods.split(",") if m and m != "none"}

@@ -41,14 +41,14 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL, VERSION = "face_multitask", "1"
 
 
-def child(mode: str, url: str, key_hex: str, path: str, ann: str = "") -> None:
+def child(mode: str, url: str, key_hex: str, path: str, ann: str = "", size: str = "0") -> None:
     """One gateway start, as its own process; prints a JSON line."""
     from mobidem.gallery import AnnConfig, Gallery
 
-    key = bytes.fromhex(key_hex)
+    key, size = bytes.fromhex(key_hex), int(size)
     t = time.perf_counter()
     g = Gallery.from_url(url, template_key=key, snapshot_path=path if mode == "snapshot" else "",
-                         ann=AnnConfig(kind=ann, min_templates=200_000) if ann else None)
+                         ann=AnnConfig(kind=ann, min_templates=min(200_000, max(1000, size))) if ann else None)
     out = {"mode": mode, "load_s": round(time.perf_counter() - t, 1), "loaded_from": g.loaded_from,
            "refused": g.snapshot_refused, "templates": len(g.index), "applied_seq": g.follower.applied_seq}
     if ann:
@@ -63,8 +63,8 @@ def child(mode: str, url: str, key_hex: str, path: str, ann: str = "") -> None:
     print(json.dumps(out), flush=True)
 
 
-def run_child(mode: str, url: str, key: bytes, path: Path, ann: str) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", mode, url, key.hex(), str(path), ann],
+def run_child(mode: str, url: str, key: bytes, path: Path, ann: str, size: int) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", mode, url, key.hex(), str(path), ann, str(size)],
                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO / "server")))
     if done.returncode:
         raise SystemExit(f"{mode} child failed: {done.stderr[-3000:]}")
@@ -80,7 +80,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "docs" / "SCALING_SNAPSHOT.json"))
     ap.add_argument("--ann", default="", help="gallery_ann for the gateways (ivf: the approximate index is trained "
                                                "by the first and travels in the snapshot)")
-    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)  # MODE URL KEY PATH [ANN]
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)  # MODE URL KEY PATH [ANN [SIZE]]
     args = ap.parse_args()
     if args.child:
         child(*args.child)
@@ -130,12 +130,12 @@ def main() -> int:
         store = open_store(url, template_key=key)
         store.enroll("first", "First", None, [TemplateIn(rng.standard_normal(128).astype(np.float32) * 0.1,
                                                          MODEL, VERSION, 0.5)])
-        result["full"] = run_child("full", url, key, snap, args.ann)
+        result["full"] = run_child("full", url, key, snap, args.ann, args.size)
         for i in range(args.later):
             store.enroll(f"later{i}", f"Later {i}", None, [TemplateIn(
                 rng.standard_normal(128).astype(np.float32) * 0.1, MODEL, VERSION, 0.5)])
         store.close()
-        result["snapshot"] = run_child("snapshot", url, key, snap, args.ann)
+        result["snapshot"] = run_child("snapshot", url, key, snap, args.ann, args.size)
         expected = args.size + 1 + args.later
         assert result["snapshot"]["loaded_from"] == "snapshot", result["snapshot"]
         assert result["snapshot"]["templates"] == expected and result["full"]["templates"] == args.size + 1

@@ -136,20 +136,15 @@ class MobidemServer:
             check_io(plugin, served)
         planned = await self.triton.plan(self.pipeline.models)  # versions pinned, batch limits from the configs
         log.info("models (version, max batch): %s", planned)
-        ann = gallery_ann(s)
         if s.gallery_url.strip():  # shared by several gateways (docs/SCALING.md); unreachable: refuse to start
-            self.gallery = await asyncio.to_thread(
-                Gallery.from_url, s.gallery_url.strip(), template_key=load_key(s.template_key_file, s.template_key),
-                pool_size=s.gallery_pool_size, timeout_s=s.gallery_timeout_s,
-                sync_interval_s=s.gallery_sync_interval_s, snapshot_path=s.gallery_snapshot_path,
-                snapshot_interval_s=s.gallery_snapshot_interval_s, ann=ann)
+            self.gallery = await asyncio.to_thread(shared_gallery, s, s.gallery_snapshot_interval_s)
         elif s.gallery_snapshot_path:
             raise FailedPrecondition("gallery_snapshot_path is set but gallery_url is not: index snapshots are for "
                                      "a PostgreSQL gallery (SQLite's gallery loads without one)")
         else:
             for name in ("gallery.db", "gallery.db-wal", "gallery.db-shm"):  # templates: private before SQLite opens
                 private_file(data / name, create=name == "gallery.db")
-            self.gallery = await asyncio.to_thread(Gallery.open, str(data / "gallery.db"), ann=ann,
+            self.gallery = await asyncio.to_thread(Gallery.open, str(data / "gallery.db"), ann=gallery_ann(s),
                                                    template_key=load_key(s.template_key_file, s.template_key))
         points = calibration.load(s.calibration or shipped_calibration(
             self.pipeline.embedder_model if self.pipeline.embedder is not None else ""))
@@ -401,6 +396,15 @@ def gallery_ann(s: Settings) -> AnnConfig | None:
     ann = AnnConfig(kind=s.gallery_ann.strip(), min_templates=s.gallery_ann_min_templates, nprobe=s.gallery_ann_nprobe)
     ann_backend()
     return ann
+
+
+def shared_gallery(s: Settings, snapshot_interval_s: float = 0.0) -> Gallery:
+    """The PostgreSQL gallery ``gallery_url`` names, with this gateway's key, pool, follower, index snapshot
+    (written every ``snapshot_interval_s``; 0: only read) and approximate search settings."""
+    return Gallery.from_url(s.gallery_url.strip(), template_key=load_key(s.template_key_file, s.template_key),
+                            pool_size=s.gallery_pool_size, timeout_s=s.gallery_timeout_s,
+                            sync_interval_s=s.gallery_sync_interval_s, snapshot_path=s.gallery_snapshot_path,
+                            snapshot_interval_s=snapshot_interval_s, ann=gallery_ann(s))
 
 
 def evidence_signer(s: Settings, data: Path) -> evidence_keys.Signer:

@@ -79,9 +79,7 @@ def _gallery_snapshot(args) -> int:
     import time
 
     from mobidem import config, logs
-    from mobidem.app import gallery_ann
-    from mobidem.gallery import Gallery
-    from mobidem.gallery.crypto import load_key
+    from mobidem.app import shared_gallery
 
     settings = config.load(args)
     logs.setup(settings.log_level, settings.log_format)
@@ -91,10 +89,7 @@ def _gallery_snapshot(args) -> int:
               "gallery_snapshot_path", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    with Gallery.from_url(settings.gallery_url.strip(), template_key=load_key(settings.template_key_file,
-                                                                              settings.template_key),
-                          pool_size=settings.gallery_pool_size, timeout_s=settings.gallery_timeout_s,
-                          snapshot_path=settings.gallery_snapshot_path, ann=gallery_ann(settings)) as gallery:
+    with shared_gallery(settings) as gallery:
         loaded = time.perf_counter() - t0
         seq, size = gallery.write_snapshot(out)
         print(f"wrote {out}: {len(gallery.index)} templates of {gallery.index.identity_count()} identities up to "

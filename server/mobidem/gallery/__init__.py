@@ -144,9 +144,7 @@ class Gallery:
                                  load_ann=IvfAccelerator.load_index if self.ann is not None else None)
         except (snapshot.SnapshotRefused, OSError) as exc:
             self.snapshot_refused = str(exc)
-            level = logging.INFO if isinstance(exc, snapshot.SnapshotRefused) and "no snapshot file" in str(exc) \
-                else logging.WARNING
-            log.log(level, "gallery index snapshot not used: %s; loading every template from %s", exc,
+            log.log(logging.INFO if isinstance(exc, snapshot.SnapshotMissing) else logging.WARNING, "gallery index snapshot not used: %s; loading every template from %s", exc,
                     getattr(store, "where", "the store"))
             return None
         log.info("gallery index snapshot %s read in %.1f s (change %d, %d templates)", path,

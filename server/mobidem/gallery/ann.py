@@ -46,10 +46,6 @@ class AnnConfig:
 
 def backend():
     """The FAISS module; a clear error when it is not installed."""
-    return _faiss()
-
-
-def _faiss():
     try:
         import faiss
     except ImportError:
@@ -77,7 +73,7 @@ class IvfAccelerator:
 
     def set_nprobe(self, nprobe: int) -> None:
         """Lists scanned per probe (the HNSW over the centroids looks at twice as many, at least 64)."""
-        faiss = _faiss()
+        faiss = backend()
         self.nprobe = int(nprobe)
         self.ivf.nprobe = self.nprobe
         quantizer = faiss.downcast_index(self.ivf.quantizer)
@@ -87,7 +83,7 @@ class IvfAccelerator:
     @classmethod
     def train(cls, emb: np.ndarray, config: AnnConfig, seed: int = 18) -> IvfAccelerator:
         """An accelerator over the rows ``emb`` [n, dim] (float32), ids 0..n-1."""
-        faiss = _faiss()
+        faiss = backend()
         n, dim = emb.shape
         nlist = max(1, min(n // 20, int(round(config.nlist_factor * np.sqrt(n)))))
         quantizer = faiss.IndexHNSWFlat(dim, 32)
@@ -107,6 +103,8 @@ class IvfAccelerator:
     # -- kept in step with the segment (called with ``lock`` held)
 
     def add(self, embs: np.ndarray, first_row: int) -> None:
+        if first_row != self.rows:
+            raise GalleryError(f"accelerator out of step: row {first_row} appended after {self.rows} rows")
         m = embs.shape[0]
         serials = np.arange(self.next_serial, self.next_serial + m, dtype=np.int64)
         self.ivf.add_with_ids(np.ascontiguousarray(embs, dtype=np.float32), serials)
@@ -116,8 +114,6 @@ class IvfAccelerator:
             grown[: self.row_of_serial.shape[0]] = self.row_of_serial
             self.row_of_serial = grown
         self.row_of_serial[serials] = np.arange(first_row, first_row + m)
-        if first_row != self.rows:
-            raise GalleryError(f"accelerator out of step: row {first_row} appended after {self.rows} rows")
         if first_row + m > self._sor.shape[0]:
             grown = np.empty(max(first_row + m, 2 * self._sor.shape[0]), dtype=np.int64)
             grown[:first_row] = self._sor[:first_row]
@@ -132,7 +128,7 @@ class IvfAccelerator:
         mask[keep] = False
         gone = self.serial_of_row[:n_old][mask]
         if gone.shape[0]:
-            self.ivf.remove_ids(_faiss().IDSelectorBatch(gone))
+            self.ivf.remove_ids(backend().IDSelectorBatch(gone))
             self.row_of_serial[gone] = -1
         kept = self.serial_of_row[keep]
         self._sor = np.empty(kept.shape[0] + max(1024, kept.shape[0] // 8), dtype=np.int64)
@@ -152,7 +148,7 @@ class IvfAccelerator:
 
     def serialize(self) -> tuple[dict, list[tuple[str, np.ndarray]]]:
         return ({"kind": "ivf", "nprobe": self.nprobe, "next_serial": self.next_serial},
-                [("ann", _faiss().serialize_index(self.ivf)), ("ann_rows", self.serial_of_row.copy())])
+                [("ann", backend().serialize_index(self.ivf)), ("ann_rows", self.serial_of_row.copy())])
 
     @staticmethod
     def load_index(meta: dict, read) -> object:
@@ -160,7 +156,7 @@ class IvfAccelerator:
         second copy of its bytes in memory)."""
         if meta.get("kind") != "ivf":
             raise GalleryError(f"unknown approximate index {meta.get('kind')!r} in the snapshot")
-        faiss = _faiss()
+        faiss = backend()
         return faiss.read_index(faiss.PyCallbackIOReader(read, 1 << 20))
 
     @classmethod

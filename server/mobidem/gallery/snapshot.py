@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import secrets
 from dataclasses import dataclass
@@ -32,8 +31,6 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GalleryError
-
-log = logging.getLogger(__name__)
 
 MAGIC = b"MOBIDEM-INDEX-SNAPSHOT\n"
 FORMAT = 1
@@ -46,11 +43,16 @@ class SnapshotRefused(GalleryError):
     """This snapshot file cannot be used (missing, another database, corrupt, wrong key); the reason says which."""
 
 
+class SnapshotMissing(SnapshotRefused):
+    """There is no snapshot file yet (a first start: not a problem)."""
+
+
 @dataclass
 class IndexArrays:
     """What an exact index holds, as arrays: identity ids by code, and per (model_name, model_version) the
     float32 embeddings, their identity codes, template ids and its accelerator's state (gallery/ann.py:
-    (meta, [(name, array)]) when written, (meta, FAISS bytes, serial of each row) when read; None: none)."""
+    (meta, [(name, array)]) when written, (meta, what ``load_ann`` built, serial of each row) when read;
+    None: none)."""
 
     dim: int
     identity_ids: list[str]
@@ -79,6 +81,11 @@ def _split(data: bytes | bytearray, n: int) -> list[str]:
     if len(out) != n:
         raise SnapshotRefused(f"the snapshot's string table holds {len(out)} entries where its header says {n}")
     return out
+
+
+def _pieces(nbytes: int, chunk: int) -> int:
+    """How many pieces a section of ``nbytes`` is cut into (an empty section is one empty piece)."""
+    return max(1, -(-nbytes // chunk))
 
 
 def _ad(header_hash: bytes, section: int, piece: int, last: bool) -> bytes:
@@ -131,7 +138,7 @@ def write(path: str | os.PathLike, snap: Snapshot, fingerprint: str, cipher=None
             os.fchmod(f.fileno(), 0o600)  # templates: private, as the database's files
             f.write(MAGIC + len(head).to_bytes(8, "little") + head)
             for s, (_, view) in enumerate(sections):
-                pieces = max(1, -(-view.nbytes // CHUNK))
+                pieces = _pieces(view.nbytes, CHUNK)
                 for p in range(pieces):
                     part = view[p * CHUNK:(p + 1) * CHUNK]
                     if cipher is None:
@@ -184,7 +191,7 @@ def read(path: str | os.PathLike, *, dim: int, fingerprint_of, cipher=None, head
     try:
         f = open(path, "rb")
     except FileNotFoundError:
-        raise SnapshotRefused(f"no snapshot file at {path}") from None
+        raise SnapshotMissing(f"no snapshot file at {path}") from None
     except OSError as exc:
         raise SnapshotRefused(f"cannot open the snapshot {path}: {exc.strerror or exc}") from None
     with f:
@@ -210,7 +217,7 @@ def read(path: str | os.PathLike, *, dim: int, fingerprint_of, cipher=None, head
         def opened(s: int):
             """The pieces of sealed section s in order, each opened (authenticated) before it is yielded."""
             nbytes = sections[s]["bytes"]
-            count = max(1, -(-nbytes // chunk))
+            count = _pieces(nbytes, chunk)
             for p in range(count):
                 size = min(chunk, nbytes - p * chunk)
                 blob = f.read(_NONCE + size + _TAG)
@@ -269,7 +276,7 @@ def read(path: str | os.PathLike, *, dim: int, fingerprint_of, cipher=None, head
 
         def skip(s: int) -> None:
             nbytes = sections[s]["bytes"]
-            f.seek(nbytes + (max(1, -(-nbytes // chunk)) * (_NONCE + _TAG) if header["sealed"] else 0), os.SEEK_CUR)
+            f.seek(nbytes + (_pieces(nbytes, chunk) * (_NONCE + _TAG) if header["sealed"] else 0), os.SEEK_CUR)
 
         def strings(name: str, n: int) -> list[str]:
             s = by_name[name]
@@ -322,6 +329,6 @@ def read(path: str | os.PathLike, *, dim: int, fingerprint_of, cipher=None, head
 
 
 def describe(path: str | os.PathLike) -> dict:
-    """The header of a snapshot file (for `mobidem gallery snapshot --show` and logs)."""
+    """The header of a snapshot file (its seq, sizes, sections)."""
     with open(path, "rb") as f:
         return read_header(f)[0]
